@@ -1,0 +1,29 @@
+# Two entry points (README): `make demo` and `make test`. Both create/update .venv themselves.
+PY ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/pip
+MODEL ?= mobilevit_s
+PHOTOS ?= ../shared/data/photos
+
+.PHONY: setup demo test bench-peers clean
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch/torchvision are pinned in constraints.txt (the pair that lies on this machine's disk).
+setup: $(VENV)/bin/python
+	$(PIP) install -q -c constraints.txt -e '.[export,openvino,bench,test]'
+
+demo: setup
+	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL)
+	$(VENV)/bin/edgeinfer bench artifacts/$(MODEL) --provider all --precision all $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) ) --out artifacts/$(MODEL)/bench
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench-peers: setup
+	$(VENV)/bin/python benchmarks/peers.py --photos $(PHOTOS)
+
+clean:
+	rm -rf artifacts .pytest_cache
