@@ -55,3 +55,13 @@ def cpu_info() -> dict:
     return {"model": model or machine, "vendor": vendor, "cores": os.cpu_count() or 1,
             "isa": isa, "int8_tier": tier,
             "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4", "asimd")))}
+
+
+def machine_key(*engine_versions: str) -> str:
+    """Short stable key for "this machine + these engine versions" (tuning results, caches)."""
+    import hashlib
+
+    info = cpu_info()
+    raw = "|".join([info["model"], info["int8_tier"], str(info["cores"]), ",".join(info["flags"]),
+                    *engine_versions])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
