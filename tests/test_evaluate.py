@@ -1,0 +1,111 @@
+"""Labelled metrics (cross-checked against scikit-learn), fidelity math, labelled datasets."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeinfer.evaluate import datasets, fidelity, metrics
+
+
+@pytest.mark.parametrize("seed,n,c", [(0, 200, 10), (1, 50, 7), (2, 300, 30)])
+def test_metrics_match_sklearn(seed, n, c):
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    scores = rng.normal(size=(n, c))
+    scores[np.arange(n), y] += rng.random(n) * 2.5      # partly right
+    pred = scores.argmax(1)
+    m = metrics.classification_metrics(scores, y)
+    assert m["top1"] == pytest.approx(sk.accuracy_score(y, pred))
+    assert m["top5"] == pytest.approx(sk.top_k_accuracy_score(y, scores, k=5, labels=np.arange(c)))
+    for ours, avg in (("precision", sk.precision_score), ("recall", sk.recall_score),
+                      ("f1", sk.f1_score)):
+        assert m[ours] == pytest.approx(avg(y, pred, average="macro", zero_division=0)), ours
+    assert m["mcc"] == pytest.approx(sk.matthews_corrcoef(y, pred))
+    cm = sk.confusion_matrix(y, pred)
+    assert np.array_equal(np.array(m["confusion"]["matrix"]), cm)
+
+
+def test_metrics_edge_cases():
+    # a class that is predicted but never true, and one that is true but never predicted
+    y = np.array([0, 0, 1, 1])
+    scores = np.eye(3)[[0, 2, 1, 2]]
+    m = metrics.classification_metrics(scores, y)
+    assert m["top1"] == 0.5 and m["confusion"]["labels"] == [0, 1, 2]
+    sk = pytest.importorskip("sklearn.metrics")
+    assert m["f1"] == pytest.approx(sk.f1_score(y, scores.argmax(1), average="macro", zero_division=0))
+    assert metrics.matthews_corrcoef([1, 1, 1], [1, 1, 1]) == 0.0   # undefined -> 0 like sklearn
+    assert metrics.topk_predictions(np.array([[0.1, 0.5, 0.3]]), 2).tolist() == [[1, 2]]
+
+
+def test_fidelity_math():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(64, 100)).astype(np.float32)
+    same = fidelity.fidelity(ref, ref.copy())
+    assert same["top1_agreement"] == 1.0 and same["top5_overlap"] == 1.0
+    assert same["cosine_min"] == pytest.approx(1.0) and same["max_abs_diff"] == 0.0
+    neg = fidelity.fidelity(ref, -ref)
+    assert neg["cosine_mean"] == pytest.approx(-1.0) and neg["top1_agreement"] == 0.0
+    # swap the argmax of the first 16 rows with the 2nd best -> agreement 0.75, overlap unchanged
+    cand = ref.copy()
+    top2 = metrics.topk_predictions(ref, 2)
+    for i in range(16):
+        a, b = top2[i]
+        cand[i, a], cand[i, b] = ref[i, b], ref[i, a]
+    f = fidelity.fidelity(ref, cand)
+    assert f["top1_agreement"] == pytest.approx(0.75) and f["top5_overlap"] == pytest.approx(1.0)
+    assert 0.9 < f["cosine_min"] < 1.0
+    emb = fidelity.fidelity(ref, ref * 2, kind="embedding")   # scale does not change cosine
+    assert emb["top1_agreement"] is None and emb["cosine_mean"] == pytest.approx(1.0)
+    assert fidelity.passes(same) and not fidelity.passes(f) and not fidelity.passes(None)
+    with pytest.raises(ValueError):
+        fidelity.fidelity(ref, ref[:3])
+
+
+def _labels1000():
+    return [f"class{i}" for i in range(1000)]
+
+
+def test_synset_named_photos(tmp_path):
+    from PIL import Image
+
+    syn = datasets.imagenet_synsets()
+    assert len(syn) == 1000 and syn[0] == "n01440764"
+    for s, name in ((syn[0], "tench"), (syn[999], "toilet_tissue")):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{s}_{name}.JPEG")
+    ds = datasets.image_folder(tmp_path, _labels1000())
+    assert ds.source == "synset-names" and sorted(ds.targets) == [0, 999]
+    # not named by synset -> clear error
+    (tmp_path / "other.jpg").write_bytes((tmp_path / f"{syn[0]}_tench.JPEG").read_bytes())
+    with pytest.raises(datasets.DatasetError, match="synset"):
+        datasets.image_folder(tmp_path, _labels1000())
+
+
+def test_image_folder_maps_class_names(tmp_path):
+    from PIL import Image
+
+    labels = ["tench, Tinca tinca", "goldfish", "great white shark"]
+    for cls in ("Tench", "goldfish", "great_white_shark"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / cls / f"{i}.png")
+    ds = datasets.image_folder(tmp_path, labels)
+    assert ds.source == "imagefolder" and sorted(ds.targets) == [0, 0, 1, 1, 2, 2]
+    (tmp_path / "zebra").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "zebra" / "z.png")
+    with pytest.raises(datasets.DatasetError, match="zebra"):
+        datasets.image_folder(tmp_path, labels)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="no images"):
+        datasets.image_folder(tmp_path, _labels1000())
+
+
+def test_evaluate_is_torch_free():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None; "
+            "import edgeinfer.evaluate.metrics, edgeinfer.evaluate.fidelity, edgeinfer.evaluate.datasets")
+    subprocess.run([sys.executable, "-c", code], check=True)
