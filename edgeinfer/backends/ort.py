@@ -1,0 +1,278 @@
+"""ONNX Runtime engines: ``cpu`` (CPUExecutionProvider), ``cuda`` and ``tensorrt`` (onnxruntime-gpu).
+
+The option dictionaries are built by pure functions (``cpu_session_config``,
+``cuda_provider_options``, ``tensorrt_provider_options``, ``provider_chain``) so that they are
+unit-tested without a GPU; ``OrtSession`` only applies them. ORT silently falls back to the CPU
+when a GPU provider fails to load its libraries; we check the providers the session really got
+and raise instead (never a silent fallback).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import InvalidOptionError, ProviderUnavailableError
+from .base import Session, SessionOptions, TensorSpec
+
+EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider"}
+
+INSTALL_HINT = {
+    "cpu": "pip install onnxruntime",
+    "cuda": ("pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' (onnxruntime-gpu, "
+             "CUDA 12 + cuDNN 9 libraries) and an NVIDIA driver"),
+    "tensorrt": ("pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' tensorrt "
+                 "(onnxruntime-gpu + TensorRT 10 libraries) and an NVIDIA driver"),
+}
+
+#: default TensorRT builder workspace (bytes): enough for image models, small for Jetsons
+DEFAULT_TRT_WORKSPACE = 2 << 30
+#: default dynamic-batch optimisation profile for TensorRT (min 1, opt, max)
+DEFAULT_TRT_OPT_BATCH = 8
+DEFAULT_TRT_MAX_BATCH = 32
+
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+           "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+           "tensor(double)": "float64", "tensor(bool)": "bool"}
+
+
+def physical_cores() -> int:
+    """Physical core count (hyper-threads don't help GEMM-bound inference); logical as fallback."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # psutil missing or unsupported platform
+        pass
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_session_config(threads: int | None = None) -> dict:
+    """Session settings for latency-oriented CPU inference (pure).
+
+    All graph optimisations; one intra-op pool sized to the physical cores (or ``threads``);
+    sequential execution, because image models are chains and parallel executors only add
+    scheduling overhead there.
+    """
+    if threads is not None and int(threads) < 1:
+        raise InvalidOptionError(f"threads must be >= 1 (got {threads}); None means physical cores")
+    return {"graph_optimization_level": "ORT_ENABLE_ALL",
+            "intra_op_num_threads": int(threads) if threads else physical_cores(),
+            "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL"}
+
+
+def cuda_provider_options(*, device_id: int = 0, extra: Mapping[str, Any] | None = None) -> dict:
+    """CUDAExecutionProvider options (pure). Exhaustive cuDNN search picks the fastest conv
+    algorithms once per shape; arena grows only as needed so a small model stays small."""
+    opts = {"device_id": int(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "arena_extend_strategy": "kSameAsRequested", "do_copy_in_default_stream": True}
+    opts.update(extra or {})
+    return opts
+
+
+def _shape_str(name: str, batch: int, sample_shape) -> str:
+    return f"{name}:" + "x".join(str(int(d)) for d in (batch, *sample_shape))
+
+
+def tensorrt_provider_options(*, device_id: int = 0, fp16: bool = False, int8: bool = False,
+                              cache_dir: str | os.PathLike | None = None,
+                              workspace_bytes: int = DEFAULT_TRT_WORKSPACE,
+                              input_shapes: Mapping[str, tuple] | None = None,
+                              opt_batch: int = DEFAULT_TRT_OPT_BATCH,
+                              max_batch: int = DEFAULT_TRT_MAX_BATCH,
+                              extra: Mapping[str, Any] | None = None) -> dict:
+    """TensorrtExecutionProvider options (pure).
+
+    ``cache_dir`` enables the engine cache and the timing cache there (a second start skips the
+    engine build). ``input_shapes`` maps each input name to its per-sample shape (without the
+    batch dimension); it becomes an explicit min/opt/max optimisation profile over the batch, so
+    TensorRT builds one engine for batches 1..max_batch instead of rebuilding per new shape.
+    ``int8`` expects a QDQ model (explicit quantisation; no calibration table).
+    """
+    if not 1 <= opt_batch <= max_batch:
+        raise InvalidOptionError(f"need 1 <= opt_batch <= max_batch (got {opt_batch}, {max_batch})")
+    opts: dict[str, Any] = {"device_id": int(device_id),
+                            "trt_max_workspace_size": int(workspace_bytes),
+                            "trt_fp16_enable": bool(fp16),
+                            "trt_int8_enable": bool(int8)}
+    if int8:
+        # QDQ models carry their scales; ORT must not look for a calibration table
+        opts["trt_int8_use_native_calibration_table"] = False
+    if cache_dir is not None:
+        opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)})
+    if input_shapes:
+        names = list(input_shapes)
+        opts["trt_profile_min_shapes"] = ",".join(_shape_str(n, 1, input_shapes[n]) for n in names)
+        opts["trt_profile_opt_shapes"] = ",".join(_shape_str(n, opt_batch, input_shapes[n]) for n in names)
+        opts["trt_profile_max_shapes"] = ",".join(_shape_str(n, max_batch, input_shapes[n]) for n in names)
+    opts.update(extra or {})
+    return opts
+
+
+def provider_chain(provider: str, *, device_id: int = 0, fp16: bool = False, int8: bool = False,
+                   cache_dir: str | os.PathLike | None = None,
+                   input_shapes: Mapping[str, tuple] | None = None,
+                   extra: Mapping[str, Any] | None = None, **trt_kw: Any) -> list[tuple[str, dict]]:
+    """The ``providers=`` list for ``InferenceSession`` (pure).
+
+    TensorRT is followed by CUDA (for the nodes TensorRT rejects) and CPU (for the few ops with no
+    GPU kernel); CUDA by CPU. This is a per-node placement chain, not a fallback for the session:
+    ``OrtSession`` checks that the requested provider itself was loaded.
+    """
+    if provider == "cpu":
+        return [("CPUExecutionProvider", {})]
+    if provider == "cuda":
+        return [("CUDAExecutionProvider", cuda_provider_options(device_id=device_id, extra=extra)),
+                ("CPUExecutionProvider", {})]
+    if provider == "tensorrt":
+        return [("TensorrtExecutionProvider",
+                 tensorrt_provider_options(device_id=device_id, fp16=fp16, int8=int8,
+                                           cache_dir=cache_dir, input_shapes=input_shapes,
+                                           extra=extra, **trt_kw)),
+                ("CUDAExecutionProvider", cuda_provider_options(device_id=device_id)),
+                ("CPUExecutionProvider", {})]
+    raise InvalidOptionError.choice("onnxruntime provider", provider, EP_NAMES)
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ProviderUnavailableError(f"onnxruntime is not installed; {INSTALL_HINT['cpu']}") from e
+    return ort
+
+
+def ort_version() -> str:
+    return import_ort().__version__
+
+
+def _device_id(options: SessionOptions) -> int:
+    d = options.device
+    if d in (None, "", "GPU", "gpu", "cuda"):
+        return 0
+    s = str(d).split(":")[-1]
+    if not s.isdigit():
+        raise InvalidOptionError(f"device for cuda/tensorrt is a GPU index like 0 or 'cuda:1' (got {d!r})")
+    return int(s)
+
+
+class OrtSession(Session):
+    """An ``onnxruntime.InferenceSession`` behind the common interface.
+
+    ``InferenceSession.run`` is thread-safe, so one session serves concurrent callers.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provider: str = "cpu",
+                 options: SessionOptions | None = None):
+        if provider not in EP_NAMES:
+            raise InvalidOptionError.choice("onnxruntime provider", provider, EP_NAMES)
+        options = options or SessionOptions()
+        ort = import_ort()
+        ep = EP_NAMES[provider]
+        available = ort.get_available_providers()
+        if ep not in available:
+            raise ProviderUnavailableError(
+                f"provider {provider!r} needs {ep}, which this onnxruntime ({ort.__version__}) "
+                f"does not have (it has: {', '.join(available)}). Install: {INSTALL_HINT[provider]}.")
+        path = Path(path)
+        self.provider = provider
+        self.path = path
+        self.options = options
+        extra = dict(options.extra or {})
+
+        so = ort.SessionOptions()
+        cfg = cpu_session_config(options.threads)
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, cfg["graph_optimization_level"])
+        so.intra_op_num_threads = cfg["intra_op_num_threads"]
+        so.inter_op_num_threads = cfg["inter_op_num_threads"]
+        so.execution_mode = getattr(ort.ExecutionMode, cfg["execution_mode"])
+        so.log_severity_level = int(extra.pop("log_severity_level", 3))
+        for k, v in dict(extra.pop("session_config", {})).items():
+            so.add_session_config_entry(str(k), str(v))
+        self.threads = cfg["intra_op_num_threads"]
+
+        cache_dir = None
+        self.cache_hit = None
+        if provider == "tensorrt":
+            from .cache import engine_cache_dir, model_sha256
+
+            sha = extra.pop("model_sha256", None) or model_sha256(path)
+            root = options.cache_dir
+            cache_dir = engine_cache_dir(engine="tensorrt", model_sha=sha,
+                                         engine_version=f"ort{ort.__version__}-{_trt_version()}",
+                                         device=f"gpu{_device_id(options)}-"
+                                                f"{'fp16' if options.fp16 else 'fp32'}"
+                                                f"{'-int8' if options.int8 else ''}", root=root)
+            self.cache_hit = any(cache_dir.glob("*.engine"))
+        self.cache_dir = cache_dir
+        input_shapes = extra.pop("input_shapes", None)
+        trt_kw = {k: extra.pop(k) for k in ("opt_batch", "max_batch", "workspace_bytes") if k in extra}
+        providers = provider_chain(provider, device_id=_device_id(options) if provider != "cpu" else 0,
+                                   fp16=bool(options.fp16), int8=bool(options.int8),
+                                   cache_dir=cache_dir, input_shapes=input_shapes,
+                                   extra=extra.pop("provider_options", None), **trt_kw)
+        t0 = time.perf_counter()
+        try:
+            self._sess = ort.InferenceSession(str(path), sess_options=so,
+                                              providers=[p for p, _ in providers],
+                                              provider_options=[o for _, o in providers])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... classes
+            if provider != "cpu":
+                raise ProviderUnavailableError(f"{ep} could not create a session for {path.name}: "
+                                               f"{e}. Install: {INSTALL_HINT[provider]}.") from e
+            from ..errors import ArtifactError
+
+            raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
+        self.load_seconds = time.perf_counter() - t0
+        got = self._sess.get_providers()
+        if ep not in got:
+            raise ProviderUnavailableError(
+                f"{ep} was requested but onnxruntime fell back to {', '.join(got)} (its CUDA/"
+                f"TensorRT libraries failed to load; see the onnxruntime log). Install: "
+                f"{INSTALL_HINT[provider]}.")
+        self.device = "CPU" if provider == "cpu" else f"cuda:{_device_id(options)}"
+        self.inputs = [TensorSpec(i.name, tuple(i.shape), _DTYPES.get(i.type, i.type))
+                       for i in self._sess.get_inputs()]
+        self.outputs = [TensorSpec(o.name, tuple(o.shape), _DTYPES.get(o.type, o.type))
+                        for o in self._sess.get_outputs()]
+        self._in0 = self.inputs[0].name
+        self._out0 = [self.outputs[0].name]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._sess.run(self._out0, {self._in0: batch})[0]
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._sess.run(None, dict(feeds))
+
+    def close(self) -> None:
+        self._sess = None
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(threads=self.threads, engine="onnxruntime",
+                 cache_dir=str(self.cache_dir) if self.cache_dir else None)
+        return d
+
+
+def _trt_version() -> str:
+    """TensorRT library version for the cache key (without importing tensorrt's heavy bindings
+    when the package metadata is enough)."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-libs", "tensorrt_cu12_libs"):
+        try:
+            return "trt" + metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "trt-unknown"

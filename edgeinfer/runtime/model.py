@@ -1,0 +1,371 @@
+"""The embeddable API: ``edgeinfer.load(artifact_dir) -> Model`` (torch-free).
+
+``Model.classify`` / ``embed`` / ``zero_shot`` take one image or a list of images (paths,
+bytes, PIL images, HxWxC uint8 arrays, or an NHWC uint8 array). One image gives one result; a
+list gives a list (a ``Results`` list that also carries ``.selection``: which engine and
+precision produced it, and why). A bad image gives a ``Failure`` item in its place (falsy, with
+``.error``) while the rest of the batch completes.
+
+Concurrency: a ``Model`` may be shared by several threads. ONNX Runtime sessions are
+thread-safe for ``run``; the OpenVINO session keeps a pool of infer requests; preprocessing
+holds no shared state. Images are decoded in a thread pool and, for inputs larger than one
+batch, the next batch is decoded while the current one runs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import EdgeInferError, ImageError, InvalidOptionError
+from .artifact import Artifact
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The result for an input that could not be processed (falsy)."""
+    source: str
+    error: str
+
+    def __bool__(self) -> bool:
+        return False
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "error": self.error}
+
+
+class Results(list):
+    """A list of per-image results that also records how they were produced."""
+    selection: Any = None
+
+    def __init__(self, items: Iterable = (), selection: Any = None):
+        super().__init__(items)
+        self.selection = selection
+
+
+def _source_name(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<bytes: {len(src)}>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.shape} {src.dtype}>"
+    fn = getattr(src, "filename", None)
+    return str(fn) if fn else f"<{type(src).__name__}>"
+
+
+def _is_single(images: Any) -> bool:
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+        return True
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    return False
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def top_k(probs: np.ndarray, k: int, labels: Sequence[str] | None) -> list[tuple[str, float]]:
+    k = max(1, min(int(k), probs.shape[-1]))
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    name = (lambda i: labels[i]) if labels is not None and len(labels) == probs.shape[-1] \
+        else (lambda i: f"class_{i}")
+    return [(name(int(i)), float(probs[i])) for i in idx]
+
+
+class Model:
+    """A loaded artifact on one engine. Create with ``edgeinfer.load``."""
+
+    def __init__(self, artifact: Artifact, session, selection, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 decode_workers: int | None = None, draft: bool = True,
+                 session_options: Any = None):
+        if int(batch_size) < 1:
+            raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
+        self.artifact = artifact
+        self.session = session
+        self.selection = selection
+        self.batch_size = int(batch_size)
+        self.decode_workers = decode_workers
+        self.draft = draft
+        self._session_options = session_options
+        self._towers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.zero_shot_cache: dict = {}   # for edgeinfer.runtime.zero_shot (text embeddings)
+
+    # ----------------------------------------------------------- what was chosen
+    @property
+    def provider(self) -> str:
+        return self.selection.provider
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision
+
+    @property
+    def device(self) -> str:
+        return self.selection.device
+
+    @property
+    def reason(self) -> str:
+        return self.selection.reason
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.artifact.labels
+
+    @property
+    def output_kind(self) -> str:
+        return self.artifact.manifest.get("output", {}).get("kind", "logits")
+
+    @property
+    def spec(self) -> dict:
+        return self.artifact.preprocess
+
+    def describe(self) -> dict:
+        return {"model": self.artifact.name, "artifact": str(self.artifact.dir),
+                "weights": self.artifact.weights_origin, **self.selection.to_dict(),
+                "session": self.session.describe() if self.session is not None else None}
+
+    def __repr__(self) -> str:
+        return (f"Model({self.artifact.name!r}, provider={self.provider!r}, device={self.device!r}, "
+                f"precision={self.precision!r})")
+
+    # ----------------------------------------------------------- life cycle
+    def close(self) -> None:
+        with self._lock:
+            for s in [self.session, *self._towers.values()]:
+                if s is not None:
+                    s.close()
+            self.session = None
+            self._towers.clear()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _session(self):
+        s = self.session
+        if s is None:
+            raise EdgeInferError("this Model is closed")
+        return s
+
+    def tower_session(self, tower: str = "text"):
+        """A session for another tower of the artifact (CLIP text tower), created on first use
+        with the same provider and options; the same precision when the tower has it, else fp32."""
+        with self._lock:
+            if tower in self._towers:
+                return self._towers[tower]
+            from ..backends import create_session
+
+            have = self.artifact.precisions(tower)
+            if not have:
+                raise EdgeInferError(f"artifact {self.artifact.dir} has no {tower} tower")
+            prec = self.precision if self.precision in have else ("fp32" if "fp32" in have else have[0])
+            path = self.artifact.path(prec, tower)
+            opts = _copy_options(self._session_options, self.artifact.entry(prec, tower), prec,
+                                 self.provider, input_shapes=None)
+            s = create_session(path, provider=self.provider, options=opts, precision=prec)
+            self._towers[tower] = s
+            return s
+
+    # ----------------------------------------------------------- raw paths
+    def preprocess(self, images: Any) -> np.ndarray:
+        """Images -> NCHW float32 (raises ImageError for a bad image)."""
+        from .preprocess import preprocess_batch
+
+        items = [images] if _is_single(images) else list(images)
+        batch, errors = preprocess_batch(items, self.spec, workers=self.decode_workers, draft=self.draft)
+        for e in errors:
+            if e is not None:
+                raise e
+        return batch
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for an NCHW float32 batch (no pre/post-processing)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        return self._session().run(batch)
+
+    def _forward(self, items: list) -> list:
+        """Per input: its raw output row (np.ndarray) or a Failure."""
+        from .preprocess import preprocess_batch
+
+        session = self._session()
+        out: list = [None] * len(items)
+        chunks = [list(range(s, min(s + self.batch_size, len(items))))
+                  for s in range(0, len(items), self.batch_size)]
+
+        def prep(idx):
+            return preprocess_batch([items[i] for i in idx], self.spec, workers=self.decode_workers,
+                                    draft=self.draft)
+
+        ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeinfer-prefetch") \
+            if len(chunks) > 1 else None
+        try:
+            fut = ex.submit(prep, chunks[0]) if ex else None
+            for ci, idx in enumerate(chunks):
+                batch, errors = fut.result() if ex else prep(idx)
+                if ex and ci + 1 < len(chunks):
+                    fut = ex.submit(prep, chunks[ci + 1])  # decode the next batch meanwhile
+                good = [i for i, e in zip(idx, errors) if e is None]
+                for i, e in zip(idx, errors):
+                    if e is not None:
+                        out[i] = Failure(_source_name(items[i]), str(e))
+                if good:
+                    y = session.run(batch)
+                    for row, i in enumerate(good):
+                        out[i] = y[row]
+        finally:
+            if ex:
+                ex.shutdown(wait=True)
+        return out
+
+    # ----------------------------------------------------------- tasks
+    def classify(self, images: Any, top_k: int = 5):
+        """Per image: [(label, probability), ...] best first (softmax over the logits).
+
+        For a CLIP artifact this is zero-shot classification over its default label set.
+        """
+        if int(top_k) < 1:
+            raise InvalidOptionError(f"top_k must be >= 1 (got {top_k})")
+        if self.output_kind == "embedding":
+            if self.artifact.kind == "clip":
+                return self.zero_shot(images, None, top_k=top_k)
+            raise EdgeInferError(f"{self.artifact.name} outputs embeddings, not class logits; "
+                                 f"use Model.embed")
+        single = _is_single(images)
+        items = [images] if single else list(images)
+        labels = self.labels
+        res = Results([r if isinstance(r, Failure) else _topk_row(r, top_k, labels)
+                       for r in self._forward(items)], self.selection)
+        return res[0] if single else res
+
+    def embed(self, images: Any):
+        """Per image: an L2-normalised float32 embedding (embedding models, e.g. CLIP)."""
+        if self.output_kind != "embedding":
+            raise EdgeInferError(f"{self.artifact.name} outputs {self.output_kind}, not embeddings; "
+                                 f"use Model.classify (or export an embedding model such as CLIP)")
+        single = _is_single(images)
+        items = [images] if single else list(images)
+        res = Results([r if isinstance(r, Failure) else l2_normalize(r)
+                       for r in self._forward(items)], self.selection)
+        return res[0] if single else res
+
+    def zero_shot(self, images: Any, labels: Sequence[str] | str | None = None, top_k: int = 3):
+        """CLIP zero-shot: per image [(label, probability), ...] over ``labels`` (a list, or a
+        comma-separated string; None: the artifact's default label set)."""
+        if self.artifact.kind != "clip":
+            raise EdgeInferError(f"zero-shot needs a CLIP artifact; {self.artifact.name} is a "
+                                 f"{self.artifact.kind} (use Model.classify)")
+        try:
+            from . import zero_shot as zs
+        except ImportError as e:
+            raise EdgeInferError(f"zero-shot support is not available: {e}") from e
+        return zs.zero_shot(self, images, labels, top_k=top_k)
+
+    def embed_raw(self, images: Any) -> list:
+        """Per image: the raw (unnormalised) output row or a Failure (for zero_shot/bench)."""
+        return self._forward([images] if _is_single(images) else list(images))
+
+
+def _topk_row(logits: np.ndarray, k: int, labels) -> list[tuple[str, float]]:
+    return top_k(softmax(logits), k, labels)
+
+
+# ----------------------------------------------------------------------- load
+_LOAD_OPTIONS = ("batch_size", "device", "performance_hint", "cache_dir", "decode_workers",
+                 "draft", "verify", "session_extra")
+
+
+def _copy_options(base, entry: dict, precision: str, provider: str, *, input_shapes):
+    from ..backends.base import SessionOptions
+
+    b = base or SessionOptions()
+    extra = dict(b.extra or {})
+    extra["model_sha256"] = entry.get("sha256")
+    if input_shapes is not None and provider == "tensorrt":
+        extra["input_shapes"] = input_shapes
+    else:
+        extra.pop("input_shapes", None)
+    if not extra["model_sha256"]:
+        extra.pop("model_sha256")
+    return SessionOptions(threads=b.threads, device=b.device, cache_dir=b.cache_dir,
+                          performance_hint=b.performance_hint,
+                          fp16=provider == "tensorrt" and precision in ("fp16", "int8"),
+                          int8=provider == "tensorrt" and precision == "int8", extra=extra)
+
+
+def load(artifact_dir: str | os.PathLike | Artifact, *, precision: str = "auto",
+         provider: str = "auto", threads: int | None = None, **options: Any) -> Model:
+    """Load an artifact for inference on the best (or the requested) engine.
+
+    provider: ``auto`` | ``cpu`` | ``cuda`` | ``tensorrt`` | ``openvino`` (``openvino:GPU`` etc.
+    picks the OpenVINO device). precision: ``auto`` | ``fp32`` | ``fp16`` | ``int8``.
+    threads: CPU threads for inference (None: physical cores, or the tuned value).
+    Options: batch_size (16), device (OpenVINO device or GPU index), performance_hint
+    (OpenVINO LATENCY | THROUGHPUT), cache_dir (engine caches; default $EDGEINFER_CACHE or
+    ~/.cache/edgeinfer), decode_workers (image decode threads), draft (JPEG draft decoding,
+    True), verify (check the file's sha256, True), session_extra (engine-specific dict).
+    """
+    from ..backends import create_session
+    from ..backends.base import SessionOptions
+    from ..backends.providers import select
+
+    unknown = sorted(set(options) - set(_LOAD_OPTIONS))
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s) {', '.join(unknown)}; valid options: "
+                                 f"precision, provider, threads, {', '.join(_LOAD_OPTIONS)}")
+    art = artifact_dir if isinstance(artifact_dir, Artifact) else Artifact(Path(artifact_dir))
+    device = options.get("device")
+    prov = provider
+    if device is not None and provider == "openvino":
+        prov = f"openvino:{device}"
+    elif device is not None and provider in ("cuda", "tensorrt"):
+        prov = f"{provider}:{str(device).split(':')[-1]}"
+    sel = select(prov, artifact=art, precision=precision)
+    entry = art.entry(sel.precision)
+    path = art.path(sel.precision, verify=options.get("verify", True))
+    if threads is not None and int(threads) < 1:
+        raise InvalidOptionError(f"threads must be >= 1 (got {threads}); None means automatic")
+    c, h, w = art.preprocess["input_size"]
+    in_name = (entry.get("inputs") or [{}])[0].get("name", "pixel_values")
+    batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+    extra = dict(options.get("session_extra") or {})
+    if sel.provider == "tensorrt":
+        extra.setdefault("max_batch", max(32, batch_size))
+        extra.setdefault("opt_batch", min(batch_size, extra["max_batch"]))
+    base = SessionOptions(threads=threads or sel.threads,
+                          device=sel.device if sel.provider != "cpu" else None,
+                          cache_dir=options.get("cache_dir"),
+                          performance_hint=options.get("performance_hint"), extra=extra)
+    opts = _copy_options(base, entry, sel.precision, sel.provider, input_shapes={in_name: (c, h, w)})
+    session = create_session(path, provider=sel.provider, options=opts, precision=sel.precision)
+    return Model(art, session, sel, batch_size=batch_size,
+                 decode_workers=options.get("decode_workers"), draft=options.get("draft", True),
+                 session_options=base)
+
+
+__all__ = ["Failure", "Model", "Results", "load", "ImageError"]
