@@ -1,0 +1,224 @@
+"""``quantize_artifact``: add INT8 / FP16 files to an artifact, every tower, atomically."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ArtifactError, InvalidOptionError
+from . import guard as G
+
+CLIP_PROMPTS = ("a photo of a dog", "a photo of a cat", "a close-up photo of a bird",
+                "a blurry photo of a car", "a painting of a mountain landscape",
+                "a photo of a birthday cake", "a black and white photo of a city street",
+                "a photo of people at the beach", "a diagram", "a screenshot of text",
+                "a photo of a red flower", "an aerial photo of a forest",
+                "a photo of a tench", "a photo of a goldfish", "a photo of a pizza",
+                "a photo of my family at dinner")
+
+
+def _recipe_quantize_cfg(manifest: dict) -> dict:
+    rq = (manifest.get("recipe") or {}).get("quantize")
+    if isinstance(rq, dict) and rq:
+        return rq
+    try:
+        from ..export.recipes import get_recipe
+
+        return dict(get_recipe(manifest["model"]["name"]).quantize)
+    except Exception:  # unknown / pass-through model: no transformer-specific rules
+        return {}
+
+
+def _budget_kind(manifest: dict, max_drop: float | None) -> tuple[str, str]:
+    """Which fidelity the guard budgets, and why."""
+    out_kind = manifest.get("output", {}).get("kind", "logits")
+    random = manifest.get("weights", {}).get("origin") == "random"
+    if out_kind != "logits":
+        kind, why = "embedding", "embedding model: cosine similarity to FP32"
+    elif random:
+        kind, why = "embedding", ("random weights: near-uniform logits make top-1 flip on noise, "
+                                  "so the guard budgets cosine similarity to FP32")
+    else:
+        kind, why = "classifier", "classifier: top-1 agreement with FP32 on held-out images"
+    if max_drop is not None:
+        if max_drop < 0:
+            raise InvalidOptionError(f"--max-drop must be >= 0 (got {max_drop}).")
+        if kind == "embedding" and max_drop >= 0.5:
+            raise InvalidOptionError(
+                f"--max-drop {max_drop} is in cosine units for this artifact ({why}); use a "
+                f"value like 0.01 (cosine >= 0.99).")
+    return kind, why
+
+
+def _tokens(art, n: int) -> tuple[np.ndarray, str]:
+    """Token ids for the text tower: the artifact's tokenizer, else synthetic valid sequences."""
+    try:
+        from ..runtime.tokenizer import tokenize  # helper E
+
+        return np.asarray(tokenize(list(CLIP_PROMPTS[:n]), art), dtype=np.int64), "prompts"
+    except Exception:  # noqa: BLE001 - tokenizer data absent: synthetic but valid sequences
+        ctx = int((art.manifest.get("text") or {}).get("context_length", 77))
+        rng = np.random.default_rng(0)
+        ids = np.zeros((n, ctx), np.int64)
+        for i in range(n):
+            L = int(rng.integers(4, 16))
+            ids[i, 0] = 49406
+            ids[i, 1:L - 1] = rng.integers(300, 40000, L - 2)
+            ids[i, L - 1] = 49407  # end of text: the highest id, where CLIP pools
+        return ids, "synthetic-token-ids"
+
+
+def _parity_summary(fid: dict, images: int, source: str) -> dict:
+    return {"images": images, "source": source, "max_abs_diff": fid.get("max_abs_diff"),
+            "cosine_min": fid.get("cosine_min"), "cosine_mean": fid.get("cosine_mean"),
+            "top1_agreement": fid.get("top1_agreement"), "reference": "fp32"}
+
+
+def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: bool = False,
+                      calib: str | Path | None = None, calib_size: int | None = None,
+                      target: str = "auto", max_drop: float | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Add ``model.int8.onnx`` and/or ``model.fp16.onnx`` (and the CLIP text tower's) to an artifact.
+
+    Returns {precision: manifest file entry} ("int8", "fp16", and "text.int8" / "text.fp16" for
+    CLIP). Every file is built in a temporary path inside the artifact and only moved into place
+    (and into the manifest) once all requested conversions passed their checks; a failure leaves
+    the artifact exactly as it was.
+    """
+    from ..runtime.artifact import Artifact
+    from ..backends.hw import cpu_info
+    from .calib import load_calibration
+    from .settings import choose_int8_settings, resolve_target
+
+    if not (int8 or fp16):
+        raise InvalidOptionError("nothing to do: ask for --int8 and/or --fp16.")
+    say = progress or (lambda _m: None)
+    art = Artifact(artifact_dir)
+    try:
+        fp32 = art.path("fp32")
+    except ArtifactError as e:
+        raise ArtifactError(f"cannot quantize: {e}") from e
+    manifest = art.manifest
+    fp32_entry = art.entry("fp32")
+    out_kind = manifest.get("output", {}).get("kind", "logits")
+    fkind = "classifier" if out_kind == "logits" else "embedding"
+    bkind, why = _budget_kind(manifest, max_drop)
+    budget = G.DEFAULT_MAX_DROP[bkind] if max_drop is None else float(max_drop)
+    tgt = resolve_target(target)
+    qcfg = _recipe_quantize_cfg(manifest)
+    cpu = cpu_info()
+
+    cs = load_calibration(calib, art.preprocess, calib_size=calib_size, labels=art.labels,
+                          progress=say)
+    from .graph import run_model
+
+    say(f"FP32 reference on {len(cs.holdout)} hold-out images")
+    ref = run_model(fp32, cs.holdout)
+    acc32 = G.labelled_accuracy(ref, cs.holdout_labels) if (cs.labelled and fkind == "classifier") else None
+    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=art.dir))
+    pending: list[tuple[Path, str, str, dict]] = []   # (tmp file, precision, tower, extra)
+    try:
+        common = {"isa_tier": cpu["int8_tier"], "cpu_model": cpu["model"],
+                  "budget_metric_reason": why}
+        if int8:
+            tmp = work / "model.int8.onnx"
+            if tgt == "openvino":
+                from .openvino import quantize_for_openvino
+
+                info = quantize_for_openvino(
+                    fp32, tmp, calib=cs, quantize_cfg=qcfg, output_kind=out_kind,
+                    budget_kind=bkind, max_drop=budget, workdir=work, ref=ref, progress=say)
+            else:
+                from .int8 import quantize_int8
+
+                info = quantize_int8(fp32, tmp, settings=choose_int8_settings(tgt, cpu),
+                                     calib=cs, quantize_cfg=qcfg, output_kind=out_kind,
+                                     budget_kind=bkind, max_drop=budget, workdir=work,
+                                     progress=say, ref_holdout=ref)
+            out = info.pop("_out")
+            extra = {"quantization": {**info, **common}, "fidelity": info["fidelity"],
+                     "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
+            if acc32 is not None:
+                acc = G.labelled_accuracy(out, cs.holdout_labels)
+                extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
+                                     "fp32_top1": acc32, "top1": acc,
+                                     "drop_points": round((acc32 - acc) * 100, 3)}
+            pending.append((tmp, "int8", "image", extra))
+        if fp16:
+            from .fp16 import convert_fp16
+
+            tmp = work / "model.fp16.onnx"
+            info = convert_fp16(fp32, tmp, holdout=cs.holdout, ref=ref, output_kind=out_kind,
+                                budget_kind=bkind, max_drop=budget, progress=say)
+            out = info.pop("_out")
+            extra = {"conversion": {**info, **common}, "fidelity": info["fidelity"],
+                     "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
+            if acc32 is not None:
+                acc = G.labelled_accuracy(out, cs.holdout_labels)
+                extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
+                                     "fp32_top1": acc32, "top1": acc,
+                                     "drop_points": round((acc32 - acc) * 100, 3)}
+            pending.append((tmp, "fp16", "image", extra))
+        if "fp32" in art.files("text"):
+            pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say))
+        # everything passed: move the files into place (atomic renames + manifest rewrite)
+        results: dict[str, dict] = {}
+        for tmp, prec, tower, extra in pending:
+            fe = fp32_entry if tower == "image" else art.entry("fp32", "text")
+            kw = {k: fe[k] for k in ("inputs", "outputs") if k in fe}
+            entry = art.add_file(tmp, precision=prec, tower=tower, **kw, **extra)
+            results[prec if tower == "image" else f"{tower}.{prec}"] = entry
+            say(f"added {entry['file']}")
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
+    """CLIP text tower: dynamic (weight-only) INT8 of MatMul/Gemm, and FP16; cosine on prompts."""
+    from .graph import run_model
+
+    say = progress
+    src = art.path("fp32", "text")
+    tokens, tok_src = _tokens(art, len(CLIP_PROMPTS))
+    ref = run_model(src, tokens)
+    out: list = []
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from .int8 import prepare
+
+        say("text tower: dynamic INT8 (weight-only MatMul/Gemm)")
+        t0 = time.perf_counter()
+        pre = work / "text.pre.onnx"
+        prep = prepare(src, pre)
+        tmp = work / "text.int8.onnx"
+        quantize_dynamic(str(pre), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=False, weight_type=QuantType.QInt8)
+        q = run_model(tmp, tokens)
+        fid = G.fidelity(ref, q, "embedding")
+        if not G.within(fid, "embedding", G.DEFAULT_MAX_DROP["embedding"]):
+            from ..errors import AccuracyBudgetError
+
+            raise AccuracyBudgetError(
+                f"CLIP text tower INT8 (dynamic, weight-only) cosine to FP32 is "
+                f"{fid['cosine_mean']:.4f} < 0.99 on {len(tokens)} prompts; use --fp16.")
+        info = {"method": "dynamic-weight-only", "engine": "onnxruntime.quantization",
+                "op_types": ["MatMul", "Gemm"], "weight_type": "QInt8", "per_channel": False,
+                "inputs": tok_src, "graph": prep, "seconds": round(time.perf_counter() - t0, 2)}
+        out.append((tmp, "int8", "text", {"quantization": info, "fidelity": {
+            **fid, "prompts": len(tokens), "inputs": tok_src, "reference": "fp32"}}))
+    if fp16:
+        from .fp16 import convert_fp16
+
+        say("text tower: FP16")
+        tmp = work / "text.fp16.onnx"
+        info = convert_fp16(src, tmp, holdout=tokens, ref=ref, output_kind="embedding",
+                            progress=say)
+        info.pop("_out")
+        out.append((tmp, "fp16", "text", {"conversion": info, "fidelity": info["fidelity"]}))
+    return out

@@ -1,0 +1,187 @@
+"""INT8 static post-training quantization (QDQ, per-channel weights) with the accuracy guard.
+
+The heavy lifting is onnxruntime.quantization (quant_pre_process + quantize_static). What is
+ours: ISA/target-aware settings (settings.py), the recipe's transformer-aware float nodes, and the
+guard loop (calibrate once, cache the tensor ranges, re-quantize with the worst nodes kept in
+float until the hold-out fidelity fits the budget).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import AccuracyBudgetError, MissingDependencyError, QuantizationError
+from . import guard as G
+from .calib import ArrayDataReader, CalibrationSet
+from .graph import float_keep_nodes, load, name_nodes, onnx_mod, run_model, session
+from .settings import Int8Settings
+
+# Node types whose INT8 version can add error (data-movement ops only pass quantized values on).
+SENSITIVE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Softmax",
+                 "LayerNormalization", "InstanceNormalization", "Sigmoid", "AveragePool",
+                 "GlobalAveragePool", "Resize", "LeakyRelu", "Concat", "Where", "Gather",
+                 "BatchNormalization"}
+MAX_GUARD_STEPS = 9
+RANK_IMAGES = 8
+
+
+def _ort_quant():
+    try:
+        from onnxruntime import quantization as q
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
+        raise MissingDependencyError("onnxruntime", "export", "INT8 quantization") from e
+    return q, quant_pre_process
+
+
+def prepare(fp32_path: str | Path, out_path: str | Path) -> dict:
+    """quant_pre_process (symbolic shape inference + ORT basic optimizations), then name nodes.
+
+    Falls back to fewer steps when a step fails on a graph (recorded)."""
+    onnx = onnx_mod()
+    _, qpp = _ort_quant()
+    attempts = [dict(), dict(skip_symbolic_shape=True), dict(skip_optimization=True),
+                dict(skip_optimization=True, skip_symbolic_shape=True)]
+    errors = []
+    for kw in attempts:
+        try:
+            qpp(str(fp32_path), str(out_path), **kw)
+            break
+        except Exception as e:  # noqa: BLE001 - any failure: try the next, simpler variant
+            errors.append(f"{kw or 'full'}: {type(e).__name__}: {str(e)[:200]}")
+    else:
+        m = onnx.load(str(fp32_path))
+        onnx.save(m, str(out_path))
+        kw = {"skipped": True}
+    m = onnx.load(str(out_path))
+    renamed = name_nodes(m)
+    onnx.save(m, str(out_path))
+    return {"pre_process": kw or "full", "pre_process_errors": errors, "renamed_nodes": renamed}
+
+
+def _quantize(pre_path: Path, out_path: Path, s: Int8Settings, calib: CalibrationSet,
+              cache: Path, exclude: list[str], input_name: str) -> None:
+    q, _ = _ort_quant()
+    opts = s.ort_extra_options()
+    # Bounded memory on big models: calibrate in strides of <= 8 images (ranges merged between
+    # strides). Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the collected
+    # outputs without computing their ranges ("No data is collected").
+    n = len(calib.calib)
+    opts.setdefault("CalibStridedMinMax", max(d for d in range(1, min(8, n) + 1) if n % d == 0))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # ORT logs "please pre-process" warnings at WARNING
+    try:
+        q.quantize_static(
+            str(pre_path), str(out_path),
+            calibration_data_reader=ArrayDataReader(input_name, calib.calib, batch=1),
+            quant_format=q.QuantFormat.QDQ, per_channel=s.per_channel,
+            reduce_range=s.reduce_range,
+            activation_type=getattr(q.QuantType, s.activation_type),
+            weight_type=getattr(q.QuantType, s.weight_type),
+            nodes_to_exclude=sorted(set(exclude)),
+            calibrate_method=getattr(q.CalibrationMethod, s.calibrate_method),
+            extra_options=opts, calibration_cache_path=str(cache))
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(f"onnxruntime quantize_static failed: {type(e).__name__}: {e}") from e
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8Settings,
+                  calib: CalibrationSet, quantize_cfg: dict | None, output_kind: str,
+                  max_drop: float | None, workdir: str | Path, budget_kind: str | None = None,
+                  progress: Callable[[str], None] | None = None,
+                  ref_holdout: np.ndarray | None = None,
+                  labels_given: bool = False) -> dict[str, Any]:
+    """Quantize ``fp32_path`` into ``out_path`` and return the manifest's ``quantization`` info.
+
+    Raises AccuracyBudgetError (with the numbers) when no float/INT8 split meets the budget.
+    """
+    say = progress or (lambda _m: None)
+    workdir = Path(workdir)
+    fkind = "classifier" if output_kind == "logits" else "embedding"
+    kind = budget_kind or fkind
+    budget = G.DEFAULT_MAX_DROP[kind] if max_drop is None else float(max_drop)
+    t0 = time.perf_counter()
+    pre = workdir / "pre.onnx"
+    say("INT8: pre-processing graph (shape inference, ORT basic optimizations)")
+    prep = prepare(fp32_path, pre)
+    model = load(pre)
+    input_name = model.graph.input[0].name
+    keep = float_keep_nodes(model, quantize_cfg or {})
+    base_exclude = sorted({n for v in keep.values() for n in v})
+    cache = workdir / "calib_ranges.json"
+    ref = ref_holdout if ref_holdout is not None else run_model(fp32_path, calib.holdout)
+    trial = workdir / "trial.onnx"
+    steps: list[dict] = []
+
+    def attempt(extra: list[str], label: str) -> dict:
+        say(f"INT8: quantizing ({label}; {len(base_exclude) + len(extra)} nodes in float)")
+        _quantize(pre, trial, settings, calib, cache, base_exclude + extra, input_name)
+        out = run_model(trial, calib.holdout, input_name=input_name)
+        fid = G.fidelity(ref, out, fkind)
+        st = {"label": label, "kept_float_by_guard": len(extra), "drop": G.drop(fid, kind),
+              "fidelity": fid, "within_budget": G.within(fid, kind, budget), "out": out}
+        steps.append(st)
+        say(f"INT8: {label}: drop {st['drop']} ({'ok' if st['within_budget'] else 'over budget'})")
+        return st
+
+    st = attempt([], "recipe settings")
+    guard_nodes: list[str] = []
+    ranking: list[tuple[str, float]] = []
+    if not st["within_budget"]:
+        say("INT8: over budget; ranking nodes by the error each adds")
+        cand = [n.name for n in model.graph.node
+                if n.op_type in SENSITIVE_OPS and n.name not in set(base_exclude)]
+        ranking = G.rank_sensitivity(model, trial, calib.calib[:RANK_IMAGES], cand)
+        ranked = [n for n, _ in ranking]
+        k, best = 1, None
+        for _ in range(MAX_GUARD_STEPS):
+            k = min(k, len(ranked))
+            st = attempt(ranked[:k], f"guard: worst {k} in float")
+            if st["within_budget"]:
+                best = st
+                guard_nodes = ranked[:k]
+                break
+            if k >= len(ranked):
+                break
+            k = k * 2 if k * 2 < len(ranked) and _ < MAX_GUARD_STEPS - 2 else len(ranked)
+        if best is None:
+            last = steps[-1]
+            raise AccuracyBudgetError(
+                f"INT8 cannot meet the accuracy budget ({G.budget_text(kind, budget)}): with the "
+                f"recipe settings the drop was {steps[0]['drop']}, and with the "
+                f"{last['kept_float_by_guard']} most sensitive of {len(ranked)} quantizable nodes "
+                f"kept in float it is still {last['drop']} (cosine mean "
+                f"{last['fidelity']['cosine_mean']:.4f}, measured on {len(calib.holdout)} "
+                f"hold-out images). Raise --max-drop, calibrate on more representative images "
+                f"(--calib DIR), or use --fp16.")
+    Path(trial).replace(out_path)
+    final = steps[-1]
+    qm = load(out_path)
+    n_q = sum(1 for n in qm.graph.node if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in qm.graph.node if n.op_type == "DequantizeLinear")
+    info = {
+        "method": "static-ptq", "engine": "onnxruntime.quantization",
+        "settings": settings.to_dict(),
+        "calibration": calib.summary(),
+        "kept_in_float": {**keep, "guard": guard_nodes},
+        "kept_in_float_count": len(base_exclude) + len(guard_nodes),
+        "budget": {"kind": kind, "max_drop": budget, "unit": "top-1 agreement points"
+                   if kind == "classifier" else "cosine", "text": G.budget_text(kind, budget),
+                   "resolution": (round(100.0 / len(calib.holdout), 3) if kind == "classifier"
+                                  else None)},
+        "guard_steps": [{k: v for k, v in s.items() if k not in ("out",)} for s in steps],
+        "sensitivity_top": [{"node": n, "added_error": round(e, 6)} for n, e in ranking[:20]],
+        "fidelity": {**final["fidelity"], "images": len(calib.holdout),
+                     "holdout_is_calibration": calib.holdout_is_calib, "reference": "fp32"},
+        "graph": {**prep, "quantize_linear": n_q, "dequantize_linear": n_dq},
+        "seconds": round(time.perf_counter() - t0, 2),
+        "_out": final["out"],
+    }
+    return info
