@@ -101,13 +101,24 @@ def load_image(src: Any, *, draft_size: int | None = None) -> Image.Image:
     try:
         img = _open(src)
         _check_bomb(img)
-        if draft_size and getattr(img, "format", None) == "JPEG" and img.mode in ("RGB", "L"):
+        full = img.size
+        scale = 1
+        # draft only images we opened (never mutate a caller's PIL image)
+        if (draft_size and not isinstance(src, Image.Image) and getattr(img, "format", None) == "JPEG"
+                and img.mode in ("RGB", "L")):
             # draft keeps both sides >= the request; ask for a square so the shorter side is kept
             if min(img.size) >= 2 * draft_size:
                 img.draft(img.mode, (int(draft_size), int(draft_size)))
+                scale = max(1, round(full[0] / img.size[0]))
+        swap = scale > 1 and img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        img = to_rgb(ImageOps.exif_transpose(img))
+        if scale > 1:
+            # the draft image covers the full image's extent at 1/scale; remember that extent so
+            # the resize maps exactly the same region as a full decode would (no sub-pixel shift)
+            fw, fh = (full[1], full[0]) if swap else full
+            img.info["edgeinfer_extent"] = (fw, fh, fw / scale, fh / scale)
+        return img
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -139,14 +150,17 @@ def resize_crop(img: Image.Image, spec: dict) -> Image.Image:
     """torchvision ``Resize(resize_size)`` (shorter side) + ``CenterCrop(input_size)``."""
     _, th, tw = spec["input_size"]
     short = int(spec["resize_size"])
-    w, h = img.size
+    extent = img.info.get("edgeinfer_extent")
+    # geometry from the full-resolution size (a draft-decoded JPEG is smaller than that)
+    w, h = extent[:2] if extent else img.size
+    box = (0.0, 0.0, extent[2], extent[3]) if extent else None
     interp = _INTERP[spec.get("interpolation", "bilinear")]
-    if (w <= h and w != short) or (h < w and h != short):
+    if (w <= h and w != short) or (h < w and h != short) or box is not None:
         if w <= h:
             nw, nh = short, int(short * h / w)
         else:
             nw, nh = int(short * w / h), short
-        img = img.resize((nw, nh), interp)
+        img = img.resize((nw, nh), interp, box=box)
         w, h = nw, nh
     if w < tw or h < th:  # torchvision pads with zeros when the crop is larger than the image
         padded = Image.new("RGB", (max(w, tw), max(h, th)))
