@@ -1,0 +1,380 @@
+"""Backends: option building (no GPU needed), detection, selection with mocked machines, sessions."""
+from __future__ import annotations
+
+import json
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from edgeinfer.backends import SessionOptions, create_session
+from edgeinfer.backends import ort as ortb
+from edgeinfer.backends import providers as pv
+from edgeinfer.backends.cache import engine_cache_dir
+from edgeinfer.backends.providers import DeviceStatus, ProviderStatus, select
+from edgeinfer.errors import InvalidOptionError, ProviderUnavailableError
+from edgeinfer.runtime.artifact import Artifact
+
+from test_runtime_helpers import tiny_artifact, tiny_onnx
+
+# ----------------------------------------------------------------- pure option builders
+
+
+def test_tensorrt_options_cache_flags_and_profiles(tmp_path):
+    o = ortb.tensorrt_provider_options(device_id=1, fp16=True, int8=True, cache_dir=tmp_path,
+                                       input_shapes={"pixel_values": (3, 256, 256)},
+                                       opt_batch=4, max_batch=16)
+    assert o["device_id"] == 1
+    assert o["trt_fp16_enable"] is True and o["trt_int8_enable"] is True
+    assert o["trt_int8_use_native_calibration_table"] is False
+    assert o["trt_engine_cache_enable"] is True and o["trt_engine_cache_path"] == str(tmp_path)
+    assert o["trt_timing_cache_enable"] is True and o["trt_timing_cache_path"] == str(tmp_path)
+    assert o["trt_max_workspace_size"] == ortb.DEFAULT_TRT_WORKSPACE
+    assert o["trt_profile_min_shapes"] == "pixel_values:1x3x256x256"
+    assert o["trt_profile_opt_shapes"] == "pixel_values:4x3x256x256"
+    assert o["trt_profile_max_shapes"] == "pixel_values:16x3x256x256"
+    plain = ortb.tensorrt_provider_options()
+    assert plain["trt_fp16_enable"] is False and plain["trt_int8_enable"] is False
+    assert "trt_engine_cache_enable" not in plain and "trt_profile_min_shapes" not in plain
+    with pytest.raises(InvalidOptionError):
+        ortb.tensorrt_provider_options(opt_batch=64, max_batch=32)
+
+
+def test_provider_chains():
+    assert [p for p, _ in ortb.provider_chain("cpu")] == ["CPUExecutionProvider"]
+    cuda = ortb.provider_chain("cuda", device_id=2)
+    assert [p for p, _ in cuda] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert cuda[0][1]["device_id"] == 2 and cuda[0][1]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    trt = ortb.provider_chain("tensorrt", fp16=True, input_shapes={"input_ids": (77,)})
+    assert [p for p, _ in trt] == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                   "CPUExecutionProvider"]
+    assert trt[0][1]["trt_profile_max_shapes"] == "input_ids:32x77"
+    with pytest.raises(InvalidOptionError, match="cpu, cuda, tensorrt"):
+        ortb.provider_chain("rocm")
+
+
+def test_cpu_session_config():
+    c = ortb.cpu_session_config(3)
+    assert c == {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": 3,
+                 "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"}
+    assert ortb.cpu_session_config(None)["intra_op_num_threads"] == ortb.physical_cores() >= 1
+    with pytest.raises(InvalidOptionError):
+        ortb.cpu_session_config(0)
+
+
+def test_engine_cache_dir_is_keyed(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "c"))
+    a = engine_cache_dir(engine="tensorrt", model_sha="ab" * 32, engine_version="10.3", device="gpu0-fp16")
+    b = engine_cache_dir(engine="tensorrt", model_sha="ab" * 32, engine_version="10.4", device="gpu0-fp16")
+    c = engine_cache_dir(engine="tensorrt", model_sha="cd" * 32, engine_version="10.3", device="gpu0-fp16")
+    assert a.parent == tmp_path / "c" / "tensorrt" and a.is_dir()
+    assert len({a, b, c}) == 3
+
+
+def test_openvino_compile_config():
+    from edgeinfer.backends.openvino import compile_config
+
+    c = compile_config(device="CPU", threads=2, cache_dir="/x", precision="fp32")
+    assert c == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2, "CACHE_DIR": "/x",
+                 "INFERENCE_PRECISION_HINT": "f32"}
+    g = compile_config(device="GPU.0", hint="throughput", precision="fp16")
+    assert g["PERFORMANCE_HINT"] == "THROUGHPUT" and g["INFERENCE_PRECISION_HINT"] == "f16"
+    assert "INFERENCE_NUM_THREADS" not in compile_config(device="NPU", threads=4)
+    # the CPU never silently runs bf16 (default on AVX512-BF16/AMX CPUs)
+    assert compile_config(device="CPU", precision="int8")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert compile_config(device="CPU")["INFERENCE_PRECISION_HINT"] == "f32"
+    with pytest.raises(InvalidOptionError, match="LATENCY"):
+        compile_config(hint="FAST")
+    with pytest.raises(InvalidOptionError, match="NPU"):
+        compile_config(device="TPU")
+
+
+# ----------------------------------------------------------------- ORT sessions with a fake onnxruntime
+class _FakeSess:
+    def __init__(self, path, sess_options=None, providers=(), provider_options=()):
+        _FakeSess.last = self
+        self.providers, self.provider_options = list(providers), list(provider_options)
+        self.got = _FakeSess.got
+
+    def get_providers(self):
+        return self.got
+
+    def get_inputs(self):
+        return [types.SimpleNamespace(name="pixel_values", shape=["batch", 3, 8, 8], type="tensor(float)")]
+
+    def get_outputs(self):
+        return [types.SimpleNamespace(name="logits", shape=["batch", 10], type="tensor(float)")]
+
+
+def _fake_ort(available, got):
+    class SO:
+        def add_session_config_entry(self, k, v):
+            pass
+
+    _FakeSess.got = got
+    return types.SimpleNamespace(
+        __version__="9.9.9", get_available_providers=lambda: available, InferenceSession=_FakeSess,
+        SessionOptions=SO,
+        GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL=99),
+        ExecutionMode=types.SimpleNamespace(ORT_SEQUENTIAL=0))
+
+
+def test_tensorrt_session_options_applied_without_gpu(tmp_path, monkeypatch):
+    gpu_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ortb, "import_ort", lambda: _fake_ort(gpu_eps, gpu_eps))
+    model = tiny_onnx(tmp_path / "m.onnx")
+    s = ortb.OrtSession(model, provider="tensorrt",
+                        options=SessionOptions(fp16=True, device="cuda:1", cache_dir=str(tmp_path / "cache"),
+                                               extra={"input_shapes": {"pixel_values": (3, 32, 32)}}))
+    sess = _FakeSess.last
+    assert sess.providers == gpu_eps
+    trt = sess.provider_options[0]
+    assert trt["device_id"] == 1 and trt["trt_fp16_enable"] is True
+    assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "tensorrt"))
+    assert "ort9.9.9" in trt["trt_engine_cache_path"]
+    assert trt["trt_profile_opt_shapes"] == "pixel_values:8x3x32x32"
+    assert s.device == "cuda:1" and s.cache_hit is False
+
+
+def test_silent_cpu_fallback_is_an_error(tmp_path, monkeypatch):
+    # onnxruntime-gpu lists CUDA but the session only got the CPU (CUDA libraries missing)
+    monkeypatch.setattr(ortb, "import_ort", lambda: _fake_ort(
+        ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]))
+    with pytest.raises(ProviderUnavailableError, match="fell back"):
+        ortb.OrtSession(tiny_onnx(tmp_path / "m.onnx"), provider="cuda")
+
+
+def test_missing_gpu_provider_says_what_to_install(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ProviderUnavailableError, match="onnxruntime-gpu"):
+        create_session(tiny_onnx(tmp_path / "m.onnx"), provider="cuda")
+
+
+# ----------------------------------------------------------------- selection with mocked machines
+CPU_VNNI = {"int8_tier": "vnni", "isa": {"arm": False}}
+CPU_AVX2 = {"int8_tier": "avx2", "isa": {"arm": False}}
+CPU_ARM = {"int8_tier": "arm", "isa": {"arm": True}}
+
+
+def _st(trt=False, cuda=False, ov=True, ov_devices=("CPU",)):
+    gpu = ["cuda:0"]
+    devs = list(ov_devices) if ov else []
+    return [ProviderStatus("cpu", True, "ok", ["CPU"], install="pip install onnxruntime"),
+            ProviderStatus("cuda", cuda, "ok" if cuda else "no NVIDIA driver", gpu if cuda else [],
+                           install="pip install 'edgeinfer[gpu]'"),
+            ProviderStatus("tensorrt", trt, "ok" if trt else "TensorRT libraries not found",
+                           gpu if trt else [], install="pip install 'edgeinfer[gpu]' tensorrt"),
+            ProviderStatus("openvino", ov, "ok" if ov else "openvino package is not installed", devs,
+                           install="pip install 'edgeinfer[openvino]'",
+                           device_status=[DeviceStatus(d, d in devs, "x") for d in ("CPU", "GPU", "NPU")])]
+
+
+@pytest.fixture
+def art(tmp_path):
+    d = tiny_artifact(tmp_path / "a", precisions=("fp32", "fp16", "int8"))
+    return Artifact(d)
+
+
+@pytest.fixture
+def no_intel_gpu(monkeypatch):
+    monkeypatch.setattr(pv, "intel_gpu_present", lambda: False)
+    monkeypatch.setattr(pv, "npu_present", lambda: False)
+    monkeypatch.setattr(pv, "openvino_installed", lambda: True)
+
+
+def test_auto_order_tensorrt_cuda_openvino_cpu(art, monkeypatch, no_intel_gpu):
+    s = select(artifact=art, statuses=_st(trt=True, cuda=True), cpu=CPU_VNNI)
+    assert (s.provider, s.device) == ("tensorrt", "cuda:0") and "tensorrt" in s.reason
+    assert s.precision == "int8"  # TensorRT + an INT8 file whose guard did not fail
+    s = select(artifact=art, statuses=_st(cuda=True), cpu=CPU_VNNI)
+    assert (s.provider, s.precision) == ("cuda", "fp16")
+    monkeypatch.setattr(pv, "intel_gpu_present", lambda: True)
+    s = select(artifact=art, statuses=_st(ov_devices=("CPU", "GPU.0")), cpu=CPU_VNNI)
+    assert (s.provider, s.device, s.precision) == ("openvino", "GPU.0", "fp16")
+    monkeypatch.setattr(pv, "intel_gpu_present", lambda: False)
+    monkeypatch.setattr(pv, "npu_present", lambda: True)
+    s = select(artifact=art, statuses=_st(ov_devices=("CPU", "NPU")), cpu=CPU_AVX2)
+    assert (s.provider, s.device, s.precision) == ("openvino", "NPU", "int8")
+
+
+def test_auto_cpu_engine_heuristic(art, monkeypatch, no_intel_gpu):
+    s = select(artifact=art, statuses=_st(), cpu=CPU_VNNI)
+    assert (s.provider, s.device, s.precision) == ("openvino", "CPU", "int8")
+    assert "heuristic" in s.reason and not s.tuned
+    s = select(artifact=art, statuses=_st(), cpu=CPU_AVX2)
+    assert s.precision == "fp32" and "no fast INT8" in s.reason
+    s = select(artifact=art, statuses=_st(), cpu=CPU_ARM)
+    assert s.provider == "cpu" and "ARM" in s.reason
+    monkeypatch.setattr(pv, "openvino_installed", lambda: False)
+    s = select(artifact=art, statuses=_st(ov=False), cpu=CPU_VNNI)
+    assert s.provider == "cpu" and "openvino not installed" in s.reason
+
+
+def test_failed_int8_guard_is_not_auto_selected(tmp_path, no_intel_gpu):
+    d = tiny_artifact(tmp_path / "g", precisions=("fp32", "int8"))
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["int8"]["guard"] = {"passed": False}
+    (d / "manifest.json").write_text(json.dumps(m))
+    s = select(artifact=Artifact(d), statuses=_st(), cpu=CPU_VNNI)
+    assert s.precision == "fp32"
+    assert select(artifact=Artifact(d), statuses=_st(), cpu=CPU_VNNI, precision="int8").precision == "int8"
+
+
+def test_tuning_json_wins_for_this_machine_only(art, no_intel_gpu):
+    key = pv.tuning_key()
+    (art.dir / "tuning.json").write_text(json.dumps({
+        key: {"provider": "cpu", "precision": "fp32", "threads": 2, "latency_ms": 3.1,
+              "fidelity": {}, "measured": "2026-11-23", "by": "edgeinfer bench"},
+        "someothermachine": {"provider": "openvino", "precision": "int8"}}))
+    s = select(artifact=art, statuses=_st(), cpu=CPU_VNNI)
+    assert (s.provider, s.precision, s.threads) == ("cpu", "fp32", 2) and s.tuned
+    assert "tuned" in s.reason
+    # an explicit provider that differs from the tuned one ignores the tuned precision
+    s = select("openvino", artifact=art, statuses=_st(), cpu=CPU_VNNI)
+    assert s.precision == "int8" and not s.tuned
+    (art.dir / "tuning.json").write_text(json.dumps({"someothermachine": {"provider": "cpu"}}))
+    assert select(artifact=art, statuses=_st(), cpu=CPU_VNNI).provider == "openvino"
+
+
+def test_explicit_missing_provider_raises_with_install_hint(art, no_intel_gpu):
+    with pytest.raises(ProviderUnavailableError, match=r"edgeinfer\[gpu\]' tensorrt"):
+        select("tensorrt", artifact=art, statuses=_st())
+    with pytest.raises(ProviderUnavailableError, match=r"edgeinfer\[openvino\]"):
+        select("openvino", artifact=art, statuses=_st(ov=False))
+    with pytest.raises(ProviderUnavailableError, match="GPU"):
+        select("openvino:GPU", artifact=art, statuses=_st())
+    s = select("cuda:1", artifact=art, statuses=_st(cuda=True))
+    assert s.device == "cuda:1"
+
+
+def test_unknown_names_list_valid_ones(art):
+    with pytest.raises(InvalidOptionError, match="auto, cpu, cuda, tensorrt, openvino"):
+        select("tpu", artifact=art)
+    with pytest.raises(InvalidOptionError, match="auto, fp32, fp16, int8"):
+        select("cpu", artifact=art, precision="int4")
+    with pytest.raises(InvalidOptionError):
+        create_session("x.onnx", provider="directml")
+
+
+def test_requested_precision_missing_from_artifact(tmp_path, no_intel_gpu):
+    from edgeinfer.errors import ArtifactError
+
+    art = Artifact(tiny_artifact(tmp_path / "f", precisions=("fp32",)))
+    with pytest.raises(ArtifactError, match="no int8"):
+        select("cpu", artifact=art, precision="int8", statuses=_st())
+
+
+def test_detect_reports_every_engine_with_reasons():
+    st = {s.name: s for s in pv.detect()}
+    assert set(st) == {"cpu", "cuda", "tensorrt", "openvino"}
+    assert st["cpu"].available
+    for s in st.values():
+        assert s.reason and (s.available or s.install)
+    if not pv.nvidia_driver()[0]:
+        assert not st["cuda"].available and "NVIDIA" in st["cuda"].reason
+
+
+# ----------------------------------------------------------------- real engines on this machine
+def _x(n=5, size=32, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.openvino
+def test_ort_and_openvino_agree(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    m = tiny_onnx(tmp_path / "m.onnx")
+    x = _x()
+    with create_session(m, provider="cpu", options=SessionOptions(threads=1)) as a, \
+            create_session(m, provider="openvino", precision="fp32") as b:
+        ya, yb = a.run(x), b.run(x)
+        assert a.inputs[0].name == b.inputs[0].name == "pixel_values"
+        assert b.cache_hit is False
+    cos = (ya * yb).sum(1) / np.linalg.norm(ya, axis=1) / np.linalg.norm(yb, axis=1)
+    assert cos.min() >= 0.9999 and (ya.argmax(1) == yb.argmax(1)).all()
+    with create_session(m, provider="openvino", precision="fp32") as c:
+        assert c.cache_hit is True  # second start uses the model cache
+        assert np.allclose(c.run(x), yb, atol=1e-5)
+
+
+@pytest.mark.openvino
+def test_openvino_static_batch_chunks_and_pads(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    m = tiny_onnx(tmp_path / "m.onnx")
+    x = _x(7)
+    with create_session(m, provider="openvino", options=SessionOptions(extra={"static_batch": 3})) as s:
+        assert s.static_batch == 3
+        y = s.run(x)
+    with create_session(m, provider="cpu") as r:
+        assert np.allclose(y, r.run(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("provider", ["cpu", pytest.param("openvino", marks=pytest.mark.openvino)])
+def test_sessions_are_safe_for_concurrent_calls(tmp_path, monkeypatch, provider):
+    if provider == "openvino":
+        pytest.importorskip("openvino")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    s = create_session(tiny_onnx(tmp_path / "m.onnx"), provider=provider, precision="fp32")
+    xs = [_x(3, seed=i) for i in range(6)]
+    ref = [s.run(x) for x in xs]
+    errors, out = [], {}
+
+    def worker(t):
+        try:
+            for _ in range(5):
+                for i, x in enumerate(xs):
+                    y = s.run(x)
+                    if not np.allclose(y, ref[i], atol=1e-5):
+                        errors.append((t, i))
+            out[t] = True
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(out) == 4
+
+
+def _gpu_ready(provider):
+    try:
+        st = {s.name: s for s in pv.detect()}
+    except Exception as e:  # pragma: no cover
+        return False, str(e)
+    return st[provider].available, st[provider].reason
+
+
+@pytest.mark.gpu
+def test_cuda_session_on_gpu(tmp_path):
+    ok, why = _gpu_ready("cuda")
+    if not ok:
+        pytest.skip(f"no usable CUDA provider: {why}")
+    m = tiny_onnx(tmp_path / "m.onnx")
+    x = _x()
+    with create_session(m, provider="cuda") as g, create_session(m, provider="cpu") as c:
+        assert np.allclose(g.run(x), c.run(x), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_session_engine_cache(tmp_path):
+    ok, why = _gpu_ready("tensorrt")
+    if not ok:
+        pytest.skip(f"no usable TensorRT provider: {why}")
+    m = tiny_onnx(tmp_path / "m.onnx")
+    opts = SessionOptions(cache_dir=str(tmp_path / "cache"), fp16=True,
+                          extra={"input_shapes": {"pixel_values": (3, 32, 32)}})
+    x = _x()
+    with create_session(m, provider="tensorrt", options=opts) as t, create_session(m, provider="cpu") as c:
+        assert t.cache_hit is False
+        y = t.run(x)
+        ref = c.run(x)
+    cos = (y * ref).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.999
+    with create_session(m, provider="tensorrt", options=opts) as t2:
+        assert t2.cache_hit is True
