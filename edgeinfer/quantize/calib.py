@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import CalibrationError, ImageError, MissingDependencyError
 
 DEFAULT_CALIB_SIZE = 64
-MAX_HOLDOUT = 50
+MAX_HOLDOUT = 200
 
 # scikit-image's bundled (no download) natural photographs; all redistributable (see
 # skimage/data/README.txt). Grey ones are converted to RGB.

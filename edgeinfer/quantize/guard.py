@@ -112,12 +112,29 @@ def rank_sensitivity(float_model, quant_path, x: np.ndarray, candidates: list[st
             err_den[t] += float((a ** 2).sum())
     rel = {t: (err_num[t] / err_den[t]) ** 0.5 if err_den[t] > 0 else 0.0 for t in names}
     by_node = {n.name: n for n in float_model.graph.node}
+    consumers: dict[str, list] = {}
+    for n in float_model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def seen_as(t: str) -> str | None:
+        # The quantizer folds Relu/Clip into the preceding node and renames its output to the
+        # activation's output: follow such single-consumer chains to the name the QDQ model has.
+        for _ in range(4):
+            if t in rel:
+                return t
+            c = consumers.get(t, [])
+            if len(c) != 1 or c[0].op_type not in ("Relu", "Clip", "Identity"):
+                return None
+            t = c[0].output[0]
+        return t if t in rel else None
+
     scores = []
     for name in candidates:
         n = by_node.get(name)
         if n is None:
             continue
-        outs = [rel[o] for o in n.output if o in rel]
+        outs = [rel[t] for t in (seen_as(o) for o in n.output) if t]
         if not outs:
             continue
         ins = [rel[i] for i in n.input if i in rel]
