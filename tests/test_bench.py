@@ -1,0 +1,203 @@
+"""edgeinfer bench on a tiny artifact (onnx.helper graph, no torch): outputs, bad input, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeinfer.bench import report, runner, timing
+from edgeinfer.errors import EdgeInferError
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from bench_tiny import LABELS, make_tiny_artifact  # noqa: E402
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_artifact(tmp_path / "tiny", int8_noise=0.02)
+
+
+FAST = dict(budget_s=0.05, torch_baseline=False)
+
+
+def test_bench_writes_all_outputs_and_tuning(tiny, generated_images_dir, tmp_path):
+    provs = "cpu,openvino" if _has_openvino() else "cpu"
+    out = tmp_path / "out"
+    res = runner.run_bench(tiny, providers=provs, precisions="all", batches="1,2",
+                           images=generated_images_dir, out=out, memory=True, **FAST)
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert len(ok) == len(provs.split(",")) * 2 * 2
+    for r in ok:
+        assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
+        assert r["latency_p99_ms"] >= r["latency_p90_ms"] and r["runs"] >= timing.MIN_RUNS
+        assert r["throughput_ips"] == pytest.approx(r["batch"] * 1000 / r["latency_median_ms"])
+        assert r["peak_rss_mb"] > 10 and r["cold_start_s"] > 0 and r["model_size_mb"] > 0
+        assert r["cosine_mean"] is not None
+    fp32 = [r for r in ok if r["precision"] == "fp32"]
+    assert all(r["top1_agreement"] == 1.0 and r["cosine_min"] > 0.9999 for r in fp32)
+    int8 = [r for r in ok if r["precision"] == "int8"]
+    assert all(r["cosine_min"] < 1.0 for r in int8)          # the perturbed file differs
+    if _has_openvino():                                      # OpenVINO has a model cache
+        ov = [r for r in ok if r["provider"] == "openvino"]
+        assert all(r["cold_start_cached_s"] is not None and r["cache_hit"] for r in ov)
+    for name in ("results.json", "results.csv", "pareto.png", "report.html"):
+        assert (out / name).stat().st_size > 100, name
+    data = json.loads((out / "results.json").read_text())
+    assert data["random_weights"] is True and data["accuracy_kind"] == "fidelity"
+    assert data["machine"]["cpu"]["cores"] >= 1 and "onnxruntime" in data["machine"]["libraries"]
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(res["rows"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert "RANDOM WEIGHTS" in html and "data:image/png;base64," in html
+    assert data["machine"]["cpu"]["model"] in html and "<script" not in html
+    # tuning.json: the fastest passing configuration, under the runtime's machine key
+    from edgeinfer.backends.providers import read_tuning, select
+    from edgeinfer.runtime.artifact import Artifact
+
+    entry = read_tuning(Artifact(tiny))
+    sel = [r for r in ok if r["selected"]]
+    assert len(sel) == 1 and entry["provider"] == sel[0]["provider"]
+    assert entry["precision"] == sel[0]["precision"] and entry["by"] == "edgeinfer bench"
+    fastest = min((r for r in ok if r["batch"] == 1 and r["fidelity_pass"]),
+                  key=lambda r: r["latency_median_ms"])
+    assert sel[0] is fastest or sel[0] == fastest
+    assert select("auto", artifact=Artifact(tiny)).provider == entry["provider"]
+
+
+def test_int8_failing_the_guard_is_never_picked(tmp_path, generated_images_dir):
+    art = make_tiny_artifact(tmp_path / "bad", int8_noise=0.5)
+    res = runner.run_bench(art, providers="cpu", images=generated_images_dir, memory=False,
+                           out=tmp_path / "o", **FAST)
+    int8 = [r for r in res["rows"] if r["precision"] == "int8"]
+    assert int8 and all(r["fidelity_pass"] is False for r in int8)
+    assert res["tuning"]["entry"]["precision"] == "fp32"
+    assert any("fails the fidelity guard" in n for n in report.observations(res))
+
+
+def test_missing_precision_and_engine_are_skipped_with_reason(tiny, tmp_path):
+    res = runner.run_bench(tiny, providers="cpu,tensorrt", precisions="fp32,fp16", memory=False,
+                           out=tmp_path / "o", **FAST)
+    by = {(r["provider"], r["precision"]): r for r in res["rows"]}
+    assert by[("cpu", "fp32")]["status"] == "ok"
+    fp16 = by[("cpu", "fp16")]
+    assert fp16["status"] == "skipped" and "no fp16 file" in fp16["error"] and "quantize" in fp16["error"]
+    if not any(p["name"] == "tensorrt" and p["available"] for p in res["providers"]):
+        assert by[("tensorrt", "fp32")]["status"] == "skipped" and by[("tensorrt", "fp32")]["error"]
+    assert "skipped" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_failing_engine_shows_error_and_others_complete(tiny, tmp_path, monkeypatch):
+    import edgeinfer.backends as backends
+
+    real = backends.create_session
+
+    class Crashing:
+        def __init__(self, s):
+            self.s, self.n, self.device = s, 0, "CPU"
+
+        def run(self, x):
+            self.n += 1
+            if self.n > 3:
+                raise RuntimeError("engine crashed mid-run")
+            return self.s.run(x)
+
+        def close(self):
+            self.s.close()
+
+    def fake(path, *, provider, options=None, precision=None):
+        s = real(path, provider=provider, options=options, precision=precision)
+        return Crashing(s) if precision == "int8" else s
+
+    monkeypatch.setattr(backends, "create_session", fake)
+    res = runner.run_bench(tiny, providers="cpu", batches="1,2", memory=False, out=tmp_path / "o", **FAST)
+    rows = {(r["precision"], r["batch"]): r for r in res["rows"]}
+    assert rows[("fp32", 1)]["status"] == "ok" and rows[("fp32", 2)]["status"] == "ok"
+    for b in (1, 2):
+        assert rows[("int8", b)]["status"] == "error"
+        assert "engine crashed mid-run" in rows[("int8", b)]["error"]
+    assert "engine crashed mid-run" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_empty_image_folder_is_a_clear_error(tiny, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EdgeInferError, match="no images in"):
+        runner.run_bench(tiny, providers="cpu", images=empty, memory=False, out=tmp_path / "o", **FAST)
+
+
+def test_unknown_provider_and_bad_batch(tiny, tmp_path):
+    with pytest.raises(EdgeInferError, match="valid providers"):
+        runner.run_bench(tiny, providers="cpu,gpuu", memory=False, **FAST)
+    with pytest.raises(EdgeInferError, match="batch"):
+        runner.run_bench(tiny, providers="cpu", batches="1,x", memory=False, **FAST)
+
+
+def test_labelled_imagefolder_gives_labelled_metrics(tmp_path):
+    from PIL import Image
+
+    art = make_tiny_artifact(tmp_path / "tiny")
+    # make the artifact's weights "real" so the report shows labelled accuracy
+    m = json.loads((art / "manifest.json").read_text())
+    m["weights"] = {"origin": "file", "path": "x.pt", "sha256": "0"}
+    (art / "manifest.json").write_text(json.dumps(m))
+    rng = np.random.default_rng(0)
+    labels = tmp_path / "labelled"
+    for c in LABELS[:4]:
+        (labels / c.replace(" ", "_")).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                labels / c.replace(" ", "_") / f"{i}.png")
+    res = runner.run_bench(art, providers="cpu", precisions="fp32", labels=labels, memory=False,
+                           out=tmp_path / "o", **FAST)
+    assert res["accuracy_kind"] == "labelled" and res["accuracy_metric"] == "top1"
+    r = res["rows"][0]
+    assert r["top1"] is not None and 0 <= r["top1"] <= 1 and r["mcc"] is not None
+    conf = res["accuracy"]["cpu/fp32"]["labelled"]["confusion"]
+    assert np.asarray(conf["matrix"]).sum() == 12
+    assert "Confusions" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_pareto_front():
+    pts = [(1.0, 90.0), (2.0, 95.0), (3.0, 94.0), (0.5, 80.0), (2.0, 90.0)]
+    assert report.pareto_front(pts) == [3, 0, 1]
+
+
+def test_timing_respects_min_runs_and_budget():
+    n = []
+    t = timing.measure(lambda: n.append(1), warmup_runs=2, warmup_s=0.0, min_runs=15, budget_s=0.0)
+    assert t["runs"] == 15 and len(n) >= 17 and t["p99_ms"] >= t["median_ms"] >= t["min_ms"]
+
+
+def test_cli_bench(tiny, generated_images_dir, tmp_path, capsys):
+    from edgeinfer.cli.main import main
+
+    out = tmp_path / "cli"
+    rc = main(["bench", str(tiny), "--provider", "cpu", "--precision", "fp32,int8", "--batch", "1",
+               "--budget", "0.05", "--images", str(generated_images_dir), "--out", str(out),
+               "--no-memory", "--no-torch", "--no-tuning", "--pipeline"])
+    assert rc == 0
+    assert (out / "report.html").exists() and not (tiny / "tuning.json").exists()
+    text = capsys.readouterr().out
+    assert "report:" in text and "images/s" in text
+    rc = main(["bench", str(tiny), "--provider", "cpu", "--images", str(tmp_path / "nope")])
+    assert rc == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_is_torch_free():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
+            "import edgeinfer.bench, edgeinfer.bench.runner, edgeinfer.bench.report, "
+            "edgeinfer.bench.worker, edgeinfer.bench.timing, edgeinfer.bench.fingerprint; "
+            "assert 'edgeinfer.export' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
