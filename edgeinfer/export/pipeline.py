@@ -1,0 +1,186 @@
+"""The export pipeline: recipe -> torch -> ONNX FP32 (checked, simplified, parity-checked)
+-> artifact directory; optionally FP16 / INT8 files and, for CLIP, the text tower.
+
+Everything is built in a staging directory next to the target (``staged_directory``) that
+replaces the target only when every step succeeded: an error, a failed parity check or Ctrl-C
+leaves the previous artifact (or nothing) exactly as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ExportError, InvalidOptionError, ParityError
+from ..runtime.artifact import (check_writable_dir, file_entry, new_manifest, onnx_file_name,
+                                staged_directory, write_manifest)
+from .recipes import Recipe, get_recipe
+
+Progress = Callable[[str], None] | None
+TARGETS = ("auto", "cpu", "openvino", "tensorrt")
+INPUT_NAME = "pixel_values"
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+def default_out(model_name: str) -> Path:
+    """``artifacts/<model>`` with pass-through prefixes made file-name safe (timm:x -> timm_x)."""
+    return DEFAULT_ARTIFACTS / re.sub(r"[^\w.\-]+", "_", model_name).strip("._")
+
+
+def _say(progress: Progress, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _weights_label(weights) -> str:
+    w = os.fspath(weights) if isinstance(weights, os.PathLike) else str(weights)
+    return {"pretrained": "pretrained weights", "random": "RANDOM weights"}.get(w, f"weights from {w}")
+
+
+def _recipe_dict(recipe: Recipe) -> dict:
+    d = dataclasses.asdict(recipe)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _quantize_fn():
+    try:
+        from ..quantize import quantize_artifact
+    except ImportError as e:
+        raise ExportError(f"--int8/--fp16 need edgeinfer.quantize.quantize_artifact, which is "
+                          f"not available here ({e}). Export FP32 first and add precisions later "
+                          f"with `edgeinfer quantize`.") from e
+    return quantize_artifact
+
+
+def _usual_permissions(directory: Path) -> None:
+    """mkdtemp/mkstemp create 0700/0600 entries; give the artifact the permissions a plain
+    mkdir/open would (umask applied), so other users and services can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for p in directory.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~mask)
+
+
+def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
+                 out: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                 opset: int | None = None, seed: int = 0, int8: bool = False, fp16: bool = False,
+                 calib: str | os.PathLike | None = None, calib_size: int | None = None,
+                 target: str = "auto", max_drop: float | None = None,
+                 progress: Progress = None, exporter: str = "auto") -> Path:
+    """Export ``model_name`` to an artifact directory and return its path.
+
+    ``weights``: "pretrained" | "random" | a state-dict / safetensors path. ``out`` defaults to
+    ``artifacts/<model>``. ``images``: folder for the parity check (generated images when None).
+    ``opset``: None = the recipe's opset raised to the exporter's native one (18).
+    """
+    from .onnx_export import DYNAMO_OPSET, MIN_OPSET, onnx_from_torch
+    from .parity import check_parity, check_tolerance, compare_outputs, onnx_outputs, parity_inputs
+    from .torch_models import build_model
+
+    t_start = time.perf_counter()
+    # -- everything that can be checked cheaply is checked before the slow work
+    recipe = get_recipe(model_name)
+    if target not in TARGETS:
+        raise InvalidOptionError.choice("target", target, TARGETS)
+    if opset is not None and int(opset) < MIN_OPSET:
+        raise InvalidOptionError(f"--opset {opset}: edgeinfer exports opset >= {MIN_OPSET}.")
+    if images is not None and not Path(images).is_dir():
+        raise InvalidOptionError(f"--images {images}: not a directory. Give a folder of images, "
+                                 f"or leave it out to check parity on generated images.")
+    quantize_artifact = _quantize_fn() if (int8 or fp16) else None
+    out = Path(out) if out is not None else default_out(model_name)
+    check_writable_dir(out)
+    opset = int(opset) if opset is not None else max(recipe.opset, DYNAMO_OPSET)
+
+    _say(progress, f"building {recipe.name} ({_weights_label(weights)})")
+    t0 = time.perf_counter()
+    built = build_model(recipe, weights=weights, seed=seed)
+    t_build = time.perf_counter() - t0
+    recipe = built.recipe
+    is_clip = recipe.kind == "clip"
+    output_name = "embedding" if is_clip else "logits"
+    spec = recipe.preprocess_dict()
+
+    with staged_directory(out) as stage:
+        onnx_path = stage / onnx_file_name("fp32")
+        _say(progress, f"exporting to ONNX (opset {opset})")
+        exp = onnx_from_torch(built.module, onnx_path, input_shape=tuple(recipe.input_size),
+                              opset=opset, input_name=INPUT_NAME, output_name=output_name,
+                              exporter=exporter)
+
+        _say(progress, "parity check: PyTorch vs ONNX Runtime"
+             + (f" on images from {images}" if images else " on generated images"))
+        t0 = time.perf_counter()
+        batch, info, reference = parity_inputs(built.module, spec, images)
+        kind = "embedding" if is_clip else "logits"
+        try:
+            parity = check_parity(built.module, onnx_path, spec, kind=kind, batch=batch,
+                                  batch_info=info, reference=reference)
+        except ParityError as e:
+            if exp.raw_path is None:
+                raise
+            # the simplifier may be at fault: the unsimplified graph is an honest fallback
+            raw_metrics = compare_outputs(reference, onnx_outputs(exp.raw_path, batch), kind=kind)
+            try:
+                check_tolerance(dict(raw_metrics))
+            except ParityError:
+                raise e from None
+            exp.use_raw(f"onnxslim broke parity ({e}); kept the unsimplified graph")
+            parity = check_parity(built.module, onnx_path, spec, kind=kind, batch=batch,
+                                  batch_info=info, reference=reference)
+        exp.discard_raw()
+        t_parity = time.perf_counter() - t0
+        out_dim = int(reference.reshape(len(reference), -1).shape[1])
+
+        manifest = new_manifest(
+            name=recipe.name, source=recipe.source, source_name=recipe.source_name,
+            family=recipe.family, kind=recipe.kind, weights=built.weights_info, preprocess=spec,
+            output={"kind": kind, "dim": out_dim, **({"normalized": False} if is_clip else {})},
+            labels=built.labels, opset=exp.opset, recipe=_recipe_dict(recipe))
+        if built.extra.get("label_ids"):
+            manifest["label_ids"] = built.extra["label_ids"]
+        warnings = list(built.extra.get("warnings") or []) + exp.warnings
+        if info.get("skipped"):
+            warnings.append(f"{info['skipped']} undecodable images skipped in the parity check")
+        if built.weights_info.get("origin") == "random":
+            warnings.insert(0, "RANDOM WEIGHTS: outputs are meaningless; use only to test the "
+                               "pipeline, latency and fidelity between precisions")
+        manifest["warnings"] = warnings
+        io_spec = {
+            "inputs": [{"name": INPUT_NAME, "shape": ["batch", *recipe.input_size], "dtype": "float32"}],
+            "outputs": [{"name": output_name, "shape": ["batch", out_dim], "dtype": "float32"}],
+        }
+        manifest["files"]["fp32"] = file_entry(onnx_path, precision="fp32", **io_spec,
+                                               parity=parity, export=exp.manifest_info())
+        manifest["export"] = {"build_seconds": round(t_build, 2),
+                              "onnx_seconds": round(exp.seconds + exp.simplify_seconds, 2),
+                              "parity_seconds": round(t_parity, 2)}
+        write_manifest(stage, manifest)
+
+        if is_clip:
+            from .clip import add_text_tower
+
+            _say(progress, "exporting the CLIP text tower and label embeddings")
+            t0 = time.perf_counter()
+            add_text_tower(built, stage, manifest, progress=progress)
+            manifest["export"]["text_seconds"] = round(time.perf_counter() - t0, 2)
+            write_manifest(stage, manifest)
+
+        if quantize_artifact is not None:
+            _say(progress, "quantizing: " + " + ".join(p for p, on in (("INT8", int8), ("FP16", fp16)) if on))
+            quantize_artifact(stage, int8=int8, fp16=fp16, calib=calib, calib_size=calib_size,
+                              target=target, max_drop=max_drop, progress=progress)
+        # quantize_artifact rewrote the manifest on disk; record the total time on top of it
+        from ..runtime.artifact import read_manifest
+
+        m = read_manifest(stage)
+        m.setdefault("export", {})["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        write_manifest(stage, m)
+        _usual_permissions(stage)
+    _say(progress, f"wrote {out}")
+    return out
