@@ -369,7 +369,7 @@ def select(provider: str = "auto", *, artifact: Any = None, precision: str = "au
 
     reason_prefix = ""
     if name == "auto":
-        chosen, device, reason_prefix = _auto_provider(status, tuning, cpu)
+        chosen, device, reason_prefix = _auto_provider(status, tuning, cpu, known=set(st or ()))
         tuned_provider = reason_prefix.startswith("tuned")
     else:
         s = status(name)
@@ -404,11 +404,15 @@ def select(provider: str = "auto", *, artifact: Any = None, precision: str = "au
                      tuned=bool(tuned_provider or (precision == "auto" and tuned_ok)), threads=threads)
 
 
-def _auto_provider(status, tuning: dict | None, cpu: dict) -> tuple[str, str, str]:
-    for p in ("tensorrt", "cuda"):
-        s = status(p)
-        if s.available:
-            return p, (s.devices or ["cuda:0"])[0], f"{p}: {s.reason}"
+def _auto_provider(status, tuning: dict | None, cpu: dict, known: set = frozenset()
+                   ) -> tuple[str, str, str]:
+    # without an NVIDIA driver neither GPU provider can work: don't even import onnxruntime
+    # (an OpenVINO process then stays free of it: less memory, faster start)
+    if known & {"tensorrt", "cuda"} or nvidia_driver()[0]:
+        for p in ("tensorrt", "cuda"):
+            s = status(p)
+            if s.available:
+                return p, (s.devices or ["cuda:0"])[0], f"{p}: {s.reason}"
     skipped = []
     # only ask OpenVINO about GPU/NPU when a device node suggests one (importing it costs ~0.3 s)
     if openvino_installed() and (intel_gpu_present() or npu_present()):
