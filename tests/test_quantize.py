@@ -353,3 +353,39 @@ def test_cli_quantize(trained, small_folder, tmp_path, capsys):
     (art / "model.fp32.onnx").unlink()
     assert main(["quantize", str(art), "--int8", "--calib", str(small_folder)]) == 1
     assert "fp32" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- CLIP text tower
+class _TinyText(torch.nn.Module):
+    """CLIP-like text tower: token embedding -> MLP -> pooled at the end-of-text (argmax id)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(49408, 32)
+        self.l1 = torch.nn.Linear(32, 64)
+        self.l2 = torch.nn.Linear(64, 16)
+
+    def forward(self, ids):
+        h = self.l2(torch.nn.functional.gelu(self.l1(self.emb(ids))))
+        return h[torch.arange(ids.shape[0]), ids.argmax(-1)]
+
+
+def test_text_tower_quantized_too(trained, small_folder, tmp_path):
+    art = make_artifact(trained, tmp_path / "clip")
+    p = art / "text.fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_TinyText().eval(), (torch.zeros(2, 77, dtype=torch.long),), str(p),
+                          input_names=["input_ids"], output_names=["text_embedding"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch"}, "text_embedding": {0: "batch"}})
+    m = read_manifest(art)
+    m["text"] = {"files": {"fp32": file_entry(p, precision="fp32")}, "context_length": 77}
+    write_manifest(art, m)
+    res = quantize_artifact(art, int8=True, fp16=True, calib=small_folder)
+    assert set(res) == {"int8", "fp16", "text.int8", "text.fp16"}
+    m = read_manifest(art)
+    t8 = m["text"]["files"]["int8"]
+    assert (art / t8["file"]).name == "text.int8.onnx" and (art / "text.fp16.onnx").exists()
+    assert t8["quantization"]["method"] == "dynamic-weight-only"
+    assert t8["fidelity"]["cosine_mean"] >= 0.99 and t8["fidelity"]["prompts"] >= 8
