@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import types
 
@@ -59,6 +60,7 @@ def test_cpu_session_config():
     assert c == {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": 3,
                  "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"}
     assert ortb.cpu_session_config(None)["intra_op_num_threads"] == ortb.physical_cores() >= 1
+    assert ortb.physical_cores() <= (os.cpu_count() or 1)
     with pytest.raises(InvalidOptionError):
         ortb.cpu_session_config(0)
 

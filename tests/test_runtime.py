@@ -103,6 +103,8 @@ def test_load_options_validated(tiny):
         edgeinfer.load(tiny, precision="bf16")
     with pytest.raises(InvalidOptionError):
         edgeinfer.load(tiny, provider="cpu", threads=0)
+    with pytest.raises(InvalidOptionError, match="explicit provider"):
+        edgeinfer.load(tiny, device="GPU")
     m = edgeinfer.load(tiny, provider="cpu")
     m.close()
     with pytest.raises(EdgeInferError, match="closed"):
@@ -234,6 +236,8 @@ def test_cli_classify_json_and_exit_codes(tiny, tmp_path, capsys):
     assert "valid providers" in capsys.readouterr().err
     assert main(["classify", str(tiny), str(tmp_path), "--provider", "cpu"]) == 0  # a folder
     assert "g0.jpg" in capsys.readouterr().out
+    assert main(["classify", str(tiny), str(paths[0]), "--provider", "cpu", "--labels", "a, b"]) == 1
+    assert "CLIP" in capsys.readouterr().err
 
 
 def test_cli_providers_json(capsys):

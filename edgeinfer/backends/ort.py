@@ -40,20 +40,43 @@ _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int
            "tensor(double)": "float64", "tensor(bool)": "bool"}
 
 
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs allowed by a cgroup v2/v1 quota (containers), or None."""
+    import math
+
+    try:
+        q, _, per = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2] + [""]
+        if q != "max":
+            return max(1, math.ceil(int(q) / int(per or 100000)))
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        per = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if q > 0 and per > 0:
+            return max(1, math.ceil(q / per))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def physical_cores() -> int:
-    """Physical core count (hyper-threads don't help GEMM-bound inference); logical as fallback."""
+    """Physical cores this process may use (hyper-threads don't help GEMM-bound inference),
+    capped by the CPU affinity mask and a container's cgroup quota so that a 2-CPU container on
+    a 64-core host does not start 64 threads."""
+    n = None
     try:
         import psutil
 
         n = psutil.cpu_count(logical=False)
-        if n:
-            return int(n)
     except Exception:  # psutil missing or unsupported platform
         pass
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        allowed = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        allowed = os.cpu_count() or 1
+    limits = [x for x in (n, allowed, _cgroup_cpu_limit()) if x]
+    return max(1, min(limits)) if limits else 1
 
 
 def cpu_session_config(threads: int | None = None) -> dict:

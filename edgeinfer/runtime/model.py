@@ -345,6 +345,9 @@ def load(artifact_dir: str | os.PathLike | Artifact, *, precision: str = "auto",
         prov = f"openvino:{device}"
     elif device is not None and provider in ("cuda", "tensorrt"):
         prov = f"{provider}:{str(device).split(':')[-1]}"
+    elif device is not None and not (provider == "cpu" and str(device).upper() == "CPU"):
+        raise InvalidOptionError(f"device={device!r} needs an explicit provider: 'openvino' "
+                                 f"(CPU/GPU/NPU/AUTO) or 'cuda'/'tensorrt' (a GPU index)")
     sel = select(prov, artifact=art, precision=precision)
     entry = art.entry(sel.precision)
     path = art.path(sel.precision, verify=options.get("verify", True))
