@@ -414,7 +414,7 @@ def write_html(results: dict, path: Path, *, png: Path | None = None) -> Path:
                              fmt(p["preprocess_images_per_s"], 1), str(p.get("failures", 0))])
         parts.append("<h2>Pipeline: decode + preprocess + infer</h2>"
                      "<p class='sub'>Throughput over the photo files with <code>edgeinfer.load(...)"
-                     ".classify(paths)</code> (best of 2 passes); the decode+preprocess-only rate is "
+                     ".classify(paths)</code> (one timed pass after a warm-up); the decode+preprocess-only rate is "
                      "shown separately.</p>"
                      + _table(["engine", "precision", "images", "images/s (end to end)",
                                "images/s (decode+preprocess)", "failures"], prow, left={0, 1}))

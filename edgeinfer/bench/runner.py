@@ -371,7 +371,7 @@ def write_tuning(artifact_dir: Path, entry: dict) -> Path:
 
 # ------------------------------------------------------------------ pipeline
 def pipeline_rows(artifact: Artifact, paths: Sequence[str], combos: Iterable[tuple[str, str]], *,
-                  threads=None, progress=None, repeats: int = 2) -> list[dict]:
+                  threads=None, progress=None, repeats: int = 1) -> list[dict]:
     """Decode + preprocess + infer throughput over real files via ``edgeinfer.load``."""
     import edgeinfer
 

@@ -45,6 +45,8 @@ def run(args) -> int:
     from edgeinfer.bench.report import console_table, observations
 
     console = Console(stderr=args.json)
+    if not console.is_terminal:  # logs / CI: don't squeeze the table into 80 columns
+        console = Console(stderr=args.json, width=150)
     with console.status("starting", spinner="dots") as status:
         def progress(msg: str) -> None:
             status.update(f"[bold]{msg}")
