@@ -304,7 +304,7 @@ def test_weights_file_wrappers_prefix_and_safetensors(tmp_path):
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, wrapped)
     st = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         want = ref(x)
     for path in (wrapped, st):
@@ -327,7 +327,7 @@ def test_random_weights_are_seeded():
     a = build_model("mobilenetv3_small_100", weights="random", seed=3)
     b = build_model("mobilenetv3_small_100", weights="random", seed=3)
     c = build_model("mobilenetv3_small_100", weights="random", seed=4)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(a.module(x), b.module(x))
         assert not torch.allclose(a.module(x), c.module(x))
