@@ -430,6 +430,32 @@ def _text_parity(onnx_path: Path, ref_run, tokenizer, *, variable_length: bool) 
             "lengths_checked": ["77"] + (["trimmed"] if variable_length else [])}
 
 
+def _label_set_choice(cfg: dict, label_sets, templates) -> tuple[list[str], dict]:
+    """Label sets and template sets: arguments > environment > recipe ``[clip]`` > defaults.
+
+    ``EDGEINFER_CLIP_LABEL_SETS="cifar10"`` (comma-separated; empty for none) and
+    ``EDGEINFER_CLIP_TEMPLATES="imagenet=simple_imagenet"`` let a CLI export on a slow CPU skip
+    or shrink the 80-template ImageNet ensemble; what was used is recorded in the manifest."""
+    env_sets = os.environ.get("EDGEINFER_CLIP_LABEL_SETS")
+    if label_sets is not None:
+        names = list(label_sets)
+    elif env_sets is not None:
+        names = [x.strip() for x in env_sets.split(",") if x.strip()]
+    else:
+        names = list(cfg.get("label_sets") or DEFAULT_LABEL_SETS)
+    env_t = {}
+    for item in (os.environ.get("EDGEINFER_CLIP_TEMPLATES") or "").split(","):
+        if item.strip():
+            k, sep, v = item.partition("=")
+            if not sep or not v.strip():
+                raise InvalidOptionError(f"EDGEINFER_CLIP_TEMPLATES item {item!r}: expected "
+                                         f"LABEL_SET=TEMPLATE_SET, e.g. imagenet=simple_imagenet")
+            env_t[k.strip()] = v.strip()
+    for n in names:
+        label_set_spec(n)  # unknown names fail here, before any slow work
+    return names, {**(cfg.get("templates") or {}), **env_t, **(templates or {})}
+
+
 def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: dict, *,
                    progress: Progress = None, label_sets: list[str] | tuple[str, ...] | None = None,
                    templates: dict[str, str | list[str]] | None = None,
@@ -450,6 +476,7 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
     ref_tok = built.extra.get("tokenizer") or open_clip.get_tokenizer(built.extra["model_name"])
     recipe = built.recipe
     cfg = dict(getattr(recipe, "clip", {}) or {})
+    names, tmpl_cfg = _label_set_choice(cfg, label_sets, templates)
     t0 = time.perf_counter()
 
     # -- tokenizer data, checked against open_clip's tokenizer
@@ -508,8 +535,6 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
                                               "variable_length": variable})
 
     # -- label sets (computed with torch, the reference; on a GPU when there is one)
-    names = list(label_sets if label_sets is not None else cfg.get("label_sets") or DEFAULT_LABEL_SETS)
-    tmpl_cfg = {**(cfg.get("templates") or {}), **(templates or {})}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sets: dict[str, dict] = {}
     if names:
