@@ -213,8 +213,10 @@ def bench_model(artifact, x_eval, calib, *, batch: int, budget: float, threads, 
                 fn, close, info = globals()[f"run_{cfg if cfg != 'ov_nncf_int8' else 'ov_nncf'}"](
                     artifact, calib, tmp)
             row.update(info)
-            out = np.concatenate([np.asarray(fn(np.ascontiguousarray(x_eval[i:i + 8])), np.float32)
+            # copy: OpenVINO returns views of the request's output tensor, reused by the next call
+            out = np.concatenate([np.array(fn(np.ascontiguousarray(x_eval[i:i + 8])), np.float32, copy=True)
                                   for i in range(0, len(x_eval), 8)])
+            row["output_absmax"] = float(np.abs(out).max())
             if cfg == "ort_fp32":
                 ref = out
             if ref is not None:
@@ -273,6 +275,8 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
             note = []
             if r.get("inference_precision"):
                 note.append(f"inference precision {r['inference_precision']}")
+            if r.get("output_absmax") == 0.0:
+                note.append("**outputs are all zero** (degenerate quantization)")
             if r.get("quantize_s") is not None:
                 note.append(f"quantized in {r['quantize_s']} s on {r.get('calib_images')} photos")
             L.append(f"| {r['title']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | "
