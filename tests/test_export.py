@@ -119,6 +119,24 @@ def test_unwritable_output_dir(tiny, tmp_path, capsys):
     assert rc == 1 and "cannot create output directory" in capsys.readouterr().err
 
 
+def test_refuses_to_replace_a_foreign_directory_or_file(tiny, tmp_path):
+    user_dir = tmp_path / "Documents"
+    user_dir.mkdir()
+    (user_dir / "thesis.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="not an edgeinfer artifact"):
+        pipeline.export_model("resnet18", weights="random", out=user_dir)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    with pytest.raises(ArtifactError, match="not a directory"):
+        pipeline.export_model("resnet18", weights="random", out=a_file)
+    assert (user_dir / "thesis.txt").read_text() == "precious" and a_file.read_text() == "precious"
+    assert "weights" not in tiny
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pipeline.export_model("resnet18", weights="random", out=empty)  # an empty dir is fine
+    assert (empty / "manifest.json").is_file()
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
 def test_read_only_output_dir(tiny, tmp_path):
     ro = tmp_path / "ro"

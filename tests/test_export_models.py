@@ -20,6 +20,7 @@ from edgeinfer.export.parity import onnx_outputs, parity_batch  # noqa: E402
 from edgeinfer.export.pipeline import export_model  # noqa: E402
 from edgeinfer.export.recipes import get_recipe  # noqa: E402
 from edgeinfer.runtime.artifact import Artifact, read_manifest  # noqa: E402
+from edgeinfer.runtime.preprocess import list_images  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PHOTOS = _photos_dir()
@@ -41,7 +42,7 @@ def _check_artifact(out, name: str, *, origin: str) -> dict:
     par = e["parity"]
     assert par["cosine_min"] >= 0.9999 and par["max_abs_diff"] <= par["tolerance"]["max_abs_diff"]
     assert par["source"] == ("photos" if PHOTOS else "generated")
-    assert par["images"] == (min(32, len(list(PHOTOS.iterdir()))) if PHOTOS else 16)
+    assert par["images"] == (min(32, len(list_images(PHOTOS))) if PHOTOS else 16)
     assert par["top1_agreement"] >= 0.97 and par["reference"] == "torch"
     path = Artifact(out).path("fp32")  # exists, sha256 matches
     model = onnx.load(str(path))

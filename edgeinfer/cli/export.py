@@ -97,8 +97,9 @@ def _quality(e: dict) -> str:
     if "cosine_min" in par:
         top1 = par.get("top1_agreement")
         extra = f", top-1 agree {top1:.0%}" if isinstance(top1, (int, float)) else ""
-        return (f"cos min {par['cosine_min']:.6f}, max|Δ| {par.get('max_abs_diff', float('nan')):.2g}"
-                f"{extra} ({par.get('images', '?')} {par.get('source', '')} images)")
+        src = {"photos": "photos", "generated": "generated images"}.get(par.get("source"), "images")
+        return (f"cos min {par['cosine_min']:.7f}, max|Δ| {par.get('max_abs_diff', float('nan')):.2g}"
+                f"{extra} ({par.get('images', '?')} {src})")
     fid = e.get("fidelity") or {}
     if fid:
         bits = [f"{k} {v:.4f}" for k, v in fid.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:3]

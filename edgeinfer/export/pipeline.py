@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ExportError, InvalidOptionError, ParityError
+from ..errors import ArtifactError, ExportError, InvalidOptionError, ParityError
 from ..runtime.artifact import (check_writable_dir, file_entry, new_manifest, onnx_file_name,
                                 staged_directory, write_manifest)
 from .recipes import Recipe, get_recipe
@@ -53,6 +53,22 @@ def _quantize_fn():
                           f"not available here ({e}). Export FP32 first and add precisions later "
                           f"with `edgeinfer quantize`.") from e
     return quantize_artifact
+
+
+def _check_replaceable(out: Path) -> None:
+    """The swap replaces ``out`` wholesale: only ever do that to an empty directory or an
+    earlier artifact, never to a user's folder or file given by mistake."""
+    from ..runtime.artifact import MANIFEST_NAME
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ArtifactError(f"--out {out} exists and is not a directory; refusing to replace it. "
+                            f"Choose another --out DIR.")
+    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ArtifactError(f"--out {out} is a non-empty directory that is not an edgeinfer "
+                            f"artifact (no {MANIFEST_NAME}); refusing to replace its contents. "
+                            f"Choose another --out DIR or remove it.")
 
 
 def _usual_permissions(directory: Path) -> None:
@@ -95,6 +111,7 @@ def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
     quantize_artifact = _quantize_fn() if (int8 or fp16) else None
     out = Path(out) if out is not None else default_out(model_name)
     check_writable_dir(out)
+    _check_replaceable(out)
     opset = int(opset) if opset is not None else max(recipe.opset, DYNAMO_OPSET)
 
     _say(progress, f"building {recipe.name} ({_weights_label(weights)})")
