@@ -201,3 +201,20 @@ def test_bench_is_torch_free():
             "edgeinfer.bench.worker, edgeinfer.bench.timing, edgeinfer.bench.fingerprint; "
             "assert 'edgeinfer.export' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_torch_baseline_row_matches_onnx(tmp_path):
+    """The PyTorch eager row: same weights (random, manifest seed) -> fidelity ~1 vs ORT FP32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edgeinfer.export.pipeline import export_model
+
+    art = export_model("timm:test_resnet", weights="random", out=tmp_path / "tres")
+    res = runner.run_bench(art, providers="cpu", precisions="fp32", memory=False, budget_s=0.05,
+                           max_images=8, out=tmp_path / "o")
+    py = [r for r in res["rows"] if r["provider"] == "pytorch"]
+    assert len(py) == 1 and py[0]["status"] == "ok", py
+    assert py[0]["latency_median_ms"] > 0 and py[0]["peak_rss_mb"] > 50
+    assert py[0]["top1_agreement"] == 1.0 and py[0]["cosine_min"] > 0.9999
+    assert res["torch_baseline"]["included"] and not py[0]["selected"]
