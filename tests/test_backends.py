@@ -301,6 +301,14 @@ def test_ort_and_openvino_agree(tmp_path, monkeypatch):
     with create_session(m, provider="openvino", precision="fp32") as c:
         assert c.cache_hit is True  # second start uses the model cache
         assert np.allclose(c.run(x), yb, atol=1e-5)
+        assert c.describe()["batch1_static"] is False
+    # opt-in: batch 1 goes through a static batch-1 model, larger batches through the dynamic one
+    with create_session(m, provider="openvino", precision="fp32",
+                        options=SessionOptions(extra={"batch1_static": True})) as d:
+        assert d.describe()["batch1_static"] is True and d.inputs[0].shape[0] == "batch"
+        assert np.allclose(d.run(x[2:3]), yb[2:3], atol=1e-5)
+        assert np.allclose(d.run(x), yb, atol=1e-5)
+    assert (d.cache_dir / "static-b1.xml").exists()
 
 
 @pytest.mark.openvino
@@ -321,8 +329,10 @@ def test_sessions_are_safe_for_concurrent_calls(tmp_path, monkeypatch, provider)
     if provider == "openvino":
         pytest.importorskip("openvino")
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
-    s = create_session(tiny_onnx(tmp_path / "m.onnx"), provider=provider, precision="fp32")
-    xs = [_x(3, seed=i) for i in range(6)]
+    extra = {"batch1_static": True} if provider == "openvino" else {}
+    s = create_session(tiny_onnx(tmp_path / "m.onnx"), provider=provider, precision="fp32",
+                       options=SessionOptions(extra=extra))
+    xs = [_x(1 + i % 3, seed=i) for i in range(6)]  # batch 1 (static model on OpenVINO) and 2-3
     ref = [s.run(x) for x in xs]
     errors, out = [], {}
 
