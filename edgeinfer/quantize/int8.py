@@ -8,6 +8,7 @@ float until the hold-out fidelity fits the budget).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ SENSITIVE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Softm
                  "GlobalAveragePool", "Resize", "LeakyRelu", "Concat", "Where", "Gather",
                  "BatchNormalization"}
 MAX_GUARD_STEPS = 9
+BISECT_STEPS = 3
 RANK_IMAGES = 8
 
 
@@ -118,6 +120,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
     cache = workdir / "calib_ranges.json"
     ref = ref_holdout if ref_holdout is not None else run_model(fp32_path, calib.holdout)
     trial = workdir / "trial.onnx"
+    best_path = workdir / "best.onnx"
     steps: list[dict] = []
 
     def attempt(extra: list[str], label: str) -> dict:
@@ -140,17 +143,18 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                 if n.op_type in SENSITIVE_OPS and n.name not in set(base_exclude)]
         ranking = G.rank_sensitivity(model, trial, calib.calib[:RANK_IMAGES], cand)
         ranked = [n for n, _ in ranking]
-        k, best = 1, None
-        for _ in range(MAX_GUARD_STEPS):
+        k, lo, best = 1, 0, None
+        for i in range(MAX_GUARD_STEPS):
             k = min(k, len(ranked))
             st = attempt(ranked[:k], f"guard: worst {k} in float")
             if st["within_budget"]:
-                best = st
-                guard_nodes = ranked[:k]
+                best, guard_nodes = st, ranked[:k]
+                shutil.copyfile(trial, best_path)
                 break
+            lo = k
             if k >= len(ranked):
                 break
-            k = k * 2 if k * 2 < len(ranked) and _ < MAX_GUARD_STEPS - 2 else len(ranked)
+            k = k * 2 if k * 2 < len(ranked) and i < MAX_GUARD_STEPS - 2 else len(ranked)
         if best is None:
             last = steps[-1]
             raise AccuracyBudgetError(
@@ -161,8 +165,23 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                 f"{last['fidelity']['cosine_mean']:.4f}, measured on {len(calib.holdout)} "
                 f"hold-out images). Raise --max-drop, calibrate on more representative images "
                 f"(--calib DIR), or use --fp16.")
+        # bisect between the last failing and the first passing count: fewer nodes in float
+        hi = len(guard_nodes)
+        for _ in range(BISECT_STEPS):
+            if hi - lo <= max(1, hi // 8):
+                break
+            mid = (lo + hi) // 2
+            st = attempt(ranked[:mid], f"guard: worst {mid} in float")
+            if st["within_budget"]:
+                hi, best, guard_nodes = mid, st, ranked[:mid]
+                shutil.copyfile(trial, best_path)
+            else:
+                lo = mid
+        final = best
+        trial = best_path
+    else:
+        final = st
     Path(trial).replace(out_path)
-    final = steps[-1]
     qm = load(out_path)
     n_q = sum(1 for n in qm.graph.node if n.op_type == "QuantizeLinear")
     n_dq = sum(1 for n in qm.graph.node if n.op_type == "DequantizeLinear")
