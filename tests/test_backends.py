@@ -390,3 +390,34 @@ def test_tensorrt_session_engine_cache(tmp_path):
     assert cos.min() > 0.999
     with create_session(m, provider="tensorrt", options=opts) as t2:
         assert t2.cache_hit is True
+
+
+def test_gpu_detection_with_mocked_machine(monkeypatch):
+    import onnxruntime
+
+    eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: eps)
+    monkeypatch.setattr(pv, "nvidia_driver", lambda: (True, "NVIDIA driver: 550.54"))
+    monkeypatch.setattr(pv, "nvidia_gpus", lambda: ("cuda:0 NVIDIA H100", "cuda:1 NVIDIA H100"))
+    monkeypatch.setattr(pv, "onnxruntime_dists", lambda: {"onnxruntime-gpu": "1.22.0"})
+    monkeypatch.setattr(pv, "tensorrt_libs", lambda: (False, "TensorRT libraries not found"))
+    st = {s.name: s for s in pv._detect_ort()}
+    assert st["cuda"].available and st["cuda"].devices == ["cuda:0", "cuda:1"]
+    assert not st["tensorrt"].available and "TensorRT libraries not found" in st["tensorrt"].reason
+    monkeypatch.setattr(pv, "tensorrt_libs", lambda: (True, "TensorRT python package 'tensorrt' found"))
+    st = {s.name: s for s in pv._detect_ort()}
+    assert st["tensorrt"].available
+    # auto goes to TensorRT without touching OpenVINO
+    monkeypatch.setattr(pv, "_detect_openvino", lambda: pytest.fail("openvino probed"))
+    s = select(statuses=None, cpu=CPU_VNNI)
+    assert (s.provider, s.device) == ("tensorrt", "cuda:0")
+    # the driver is there but this onnxruntime is the CPU build
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    st = {s.name: s for s in pv._detect_ort()}
+    assert not st["cuda"].available and "onnxruntime-gpu" in st["cuda"].reason
+
+
+def test_two_onnxruntime_packages_are_flagged(monkeypatch):
+    monkeypatch.setattr(pv, "onnxruntime_dists", lambda: {"onnxruntime": "1.22", "onnxruntime-gpu": "1.22"})
+    st = {s.name: s for s in pv._detect_ort()}
+    assert "overwrite each other" in st["cpu"].reason
