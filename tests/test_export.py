@@ -98,6 +98,9 @@ def test_unknown_pass_through_model_lists_close_matches():
         build_model("timm:resnet1888", weights="random")
     assert "timm:resnet18" in ei.value.close_matches
     with pytest.raises(UnknownModelError) as ei:
+        build_model("timm:resnet18.a1_in1kk", weights="random")  # a bad pretrained tag
+    assert "timm:resnet18.a1_in1k" in ei.value.close_matches
+    with pytest.raises(UnknownModelError) as ei:
         build_model("torchvision:resnet1888", weights="random")
     assert "torchvision:resnet18" in ei.value.close_matches
 

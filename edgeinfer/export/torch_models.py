@@ -248,6 +248,11 @@ def _check_timm_name(recipe: Recipe) -> None:
 
     base = recipe.source_name
     if timm.is_model(base):
+        arch, _, tag = base.partition(".")
+        if tag and base not in timm.list_pretrained(f"{arch}.*"):
+            tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+            raise UnknownModelError(recipe.name, [f"{recipe.name.partition(':')[0]}:{arch}.{t}"
+                                                  if ":" in recipe.name else f"{arch}.{t}" for t in tags])
         return
     known = timm.list_models()
     raise UnknownModelError(recipe.name, [f"timm:{n}" for n in known] if recipe.name.startswith("timm:") else known)
