@@ -77,9 +77,11 @@ def edgeinfer_rate(artifact, paths: list[Path], provider: str, precision: str) -
 
     with edgeinfer.load(artifact.dir, provider=provider, precision=precision) as m:
         m.classify([str(p) for p in paths[:2]])  # warm-up
-        t0 = time.perf_counter()
-        res = m.classify([str(p) for p in paths])
-        dt = time.perf_counter() - t0
+        dt = float("inf")
+        for _ in range(2):  # best of 2 passes: the page cache and thread pools are warm
+            t0 = time.perf_counter()
+            res = m.classify([str(p) for p in paths])
+            dt = min(dt, time.perf_counter() - t0)
         bad = sum(1 for r in res if not r)
         return len(paths) / dt, f"{m.provider}/{m.precision}" + (f", {bad} failures" if bad else "")
 
