@@ -382,8 +382,10 @@ def write_html(results: dict, path: Path, *, png: Path | None = None) -> Path:
             f"{'/' + _e(sel.get('precision')) if sel.get('precision') else ''} — {_e(sel.get('reason', ''))}"]
     if tun:
         pick.append(f"<b>Measured pick</b> (fastest configuration at batch {tun.get('batch')} whose "
-                    f"fidelity meets the guard: cosine mean ≥ {results['settings']['guard']['cosine_mean_min']}, "
-                    f"top-1 agreement ≥ {results['settings']['guard']['top1_agreement_min']:.0%}): "
+                    f"fidelity meets the guard: cosine mean ≥ {results['settings']['guard']['cosine_mean_min']}"
+                    + (f", top-1 agreement ≥ {results['settings']['guard']['top1_agreement_min']:.0%}"
+                       if results['settings']['guard']['top1_agreement_min'] else
+                       " (random weights: top-1 flips on noise, so only the cosine counts)") + "): "
                     f"<b>{_e(tun['provider'])}/{_e(tun['precision'])}</b>, {ms(tun['latency_ms'])} ms. "
                     f"Written to <code>{_e(results['tuning'].get('file') or 'not written')}</code> "
                     f"(machine key <code>{_e(results['tuning']['key'])}</code>); "

@@ -260,12 +260,18 @@ def _fill_latency(row: dict, lat: dict, batch: int) -> None:
         row["throughput_ips"] = batch * 1000.0 / lat["median_ms"]
 
 
-def _fill_accuracy(row: dict, f: dict | None, lab: dict | None) -> None:
+def guard_for(random_weights: bool) -> dict:
+    """The fidelity guard. With random weights the logits are near-uniform and top-1 flips on
+    noise, so only the cosine counts (as in the quantizer's accuracy guard)."""
+    return {**GUARD, "top1_agreement_min": 0.0} if random_weights else dict(GUARD)
+
+
+def _fill_accuracy(row: dict, f: dict | None, lab: dict | None, guard: dict = GUARD) -> None:
     if f:
         row.update(top1_agreement=f.get("top1_agreement"), top5_overlap=f.get("top5_overlap"),
                    cosine_mean=f.get("cosine_mean"), cosine_min=f.get("cosine_min"),
                    max_abs_diff=f.get("max_abs_diff"),
-                   fidelity_pass=fid.passes(f, **GUARD))
+                   fidelity_pass=fid.passes(f, **guard))
     if lab:
         row.update(top1=lab.get("top1"), top5=lab.get("top5"), macro_precision=lab.get("precision"),
                    macro_recall=lab.get("recall"), macro_f1=lab.get("f1"), mcc=lab.get("mcc"))
@@ -333,7 +339,7 @@ def tuning_key() -> str:
     return machine_key(*engine_versions())
 
 
-def choose_tuning(rows: list[dict], threads) -> dict | None:
+def choose_tuning(rows: list[dict], threads, guard: dict = GUARD) -> dict | None:
     """Fastest batch-1 (smallest batch) configuration whose fidelity passes the guard."""
     ok = [r for r in rows if r["status"] == "ok" and r["provider"] != "pytorch"
           and r["latency_median_ms"] is not None]
@@ -351,7 +357,7 @@ def choose_tuning(rows: list[dict], threads) -> dict | None:
                                               "cosine_min")},
             "device": best.get("device"), "batch": bmin,
             "measured": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "by": "edgeinfer bench", "guard": GUARD}
+            "by": "edgeinfer bench", "guard": guard}
 
 
 def write_tuning(artifact_dir: Path, entry: dict) -> Path:
@@ -454,6 +460,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
             for b in batches_l:
                 rows.append(_row(prov, s["precision"], b, status="skipped", error=s["reason"]))
 
+    guard = guard_for(artifact.random_weights)
     outputs: dict[str, np.ndarray] = {}
     accuracy: dict[str, dict] = {}
     tmp = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-"))
@@ -518,7 +525,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
                     try:
                         xb = _batch_of(x, b)
                         _fill_latency(r, timing.measure(lambda: sess.run(xb), budget_s=budget), b)
-                        _fill_accuracy(r, f_res, lab)
+                        _fill_accuracy(r, f_res, lab, guard)
                     except Exception as e:
                         r.update(status="error", error=_err(e))
                     rows.append(r)
@@ -564,7 +571,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
                        if targets is not None and out_kind == "logits" else None)
                 accuracy[key] = {"fidelity": f_res, "labelled": lab}
                 for r in trows:
-                    _fill_accuracy(r, f_res, lab)
+                    _fill_accuracy(r, f_res, lab, guard)
             rows.extend(trows)
             torch_info["included"] = True
         elif not torch_available():
@@ -575,7 +582,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
     order = {p: i for i, p in enumerate(("cpu", "openvino", "cuda", "tensorrt", "pytorch"))}
     rows.sort(key=lambda r: (order.get(r["provider"], 9), PRECISIONS.index(r["precision"])
                              if r["precision"] in PRECISIONS else 9, r["batch"]))
-    tuning = choose_tuning(rows, threads)
+    tuning = choose_tuning(rows, threads, guard)
     tuning_path = None
     if tuning and write_tuning_file:
         tuning_path = write_tuning(artifact.dir, tuning)
@@ -613,7 +620,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
         "images": ev["desc"],
         "settings": {"providers": providers, "precisions": precisions, "batches": batches_l,
                      "threads": threads, "budget_s": budget, "min_runs": timing.MIN_RUNS,
-                     "warmup_runs": timing.WARMUP_RUNS, "guard": GUARD, "memory": memory},
+                     "warmup_runs": timing.WARMUP_RUNS, "guard": guard, "memory": memory},
         "machine": machine_fingerprint(),
         "providers": status,
         "selection": selection,
