@@ -130,6 +130,19 @@ def test_sha256_mismatch_and_missing_file(tmp_path):
         edgeinfer.load(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("provider", ENGINES)
+def test_unloadable_onnx_is_an_artifact_error(tmp_path, provider):
+    from edgeinfer.runtime.artifact import file_entry, read_manifest, write_manifest
+
+    d = tiny_artifact(tmp_path / "garbage")
+    (d / "model.fp32.onnx").write_bytes(b"this is not a protobuf" * 10)
+    m = read_manifest(d)
+    m["files"]["fp32"] = file_entry(d / "model.fp32.onnx", precision="fp32")  # sha matches
+    write_manifest(d, m)
+    with pytest.raises(ArtifactError, match="cannot load"):
+        edgeinfer.load(d, provider=provider)
+
+
 def test_missing_precision_is_explained(tiny):
     with pytest.raises(ArtifactError, match="no int8"):
         edgeinfer.load(tiny, provider="cpu", precision="int8")

@@ -186,6 +186,10 @@ class OpenVINOSession(Session):
                 self._dynamic = _Compiled(c.compile_model(str(path), device, self._cfg))
                 self._static_n = None
         except RuntimeError as e:
+            if base == "CPU":  # the CPU plugin is always there: the model itself is the problem
+                from ..errors import ArtifactError
+
+                raise ArtifactError(f"OpenVINO cannot load {path}: {e}") from e
             raise ProviderUnavailableError(f"OpenVINO could not compile {path.name} for {device}: {e}") from e
         first = self._static or self._dynamic
         self.inputs = [_spec(p, dynamic_batch=not static_batch) for p in first.compiled.inputs]
