@@ -356,6 +356,8 @@ def load(artifact_dir: str | os.PathLike | Artifact, *, precision: str = "auto",
     c, h, w = art.preprocess["input_size"]
     in_name = (entry.get("inputs") or [{}])[0].get("name", "pixel_values")
     batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+    if batch_size < 1:
+        raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
     extra = dict(options.get("session_extra") or {})
     if sel.provider == "tensorrt":
         extra.setdefault("max_batch", max(32, batch_size))
