@@ -77,6 +77,13 @@ def test_tiny_export_writes_a_verified_artifact(tiny, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_opset_17_uses_the_legacy_exporter(tiny, tmp_path):
+    out = pipeline.export_model("resnet18", weights="random", out=tmp_path / "a", opset=17)
+    m = read_manifest(out)
+    assert m["opset"] == 17 and m["files"]["fp32"]["export"]["exporter"] == "torchscript"
+    assert m["files"]["fp32"]["parity"]["cosine_min"] >= 0.9999
+
+
 def test_existing_artifact_is_replaced_atomically(tiny, tmp_path):
     out = tmp_path / "a"
     pipeline.export_model("resnet18", weights="random", out=out, seed=1)
