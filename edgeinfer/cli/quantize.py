@@ -60,9 +60,8 @@ def run(args) -> int:
         err.print("error: say what to add: --int8 and/or --fp16")
         return 2
 
-    def progress(msg: str) -> None:
-        if not args.json or True:
-            err.print(f"[dim]{msg}[/dim]")
+    def progress(msg: str) -> None:  # stderr, so --json output stays clean
+        err.print(f"[dim]{msg}[/dim]")
 
     def show(message, category, *a, **k):
         err.print(f"[yellow]warning:[/yellow] {message}")

@@ -146,7 +146,8 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
                 acc = G.labelled_accuracy(out, cs.holdout_labels)
                 extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
                                      "fp32_top1": acc32, "top1": acc,
-                                     "drop_points": round((acc32 - acc) * 100, 3)}
+                                     "drop_points": round((acc32 - acc) * 100, 3),
+                                     "random_weights": art.random_weights}
             pending.append((tmp, "int8", "image", extra))
         if fp16:
             from .fp16 import convert_fp16
@@ -161,7 +162,8 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
                 acc = G.labelled_accuracy(out, cs.holdout_labels)
                 extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
                                      "fp32_top1": acc32, "top1": acc,
-                                     "drop_points": round((acc32 - acc) * 100, 3)}
+                                     "drop_points": round((acc32 - acc) * 100, 3),
+                                     "random_weights": art.random_weights}
             pending.append((tmp, "fp16", "image", extra))
         if "fp32" in art.files("text"):
             pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say))

@@ -104,7 +104,8 @@ def _spread(idx: list[int], k: int) -> tuple[list[int], list[int]]:
     return chosen, rest
 
 
-def _folder_items(folder: Path, notes: list[str]) -> tuple[list[tuple[str, Any, str]], list[str], int]:
+def _folder_items(folder: Path, notes: list[str], limit: int | None = None
+                  ) -> tuple[list[tuple[str, Any, str]], list[str], int]:
     """(name, PIL image, label name) for every decodable image; plus corrupt names and count."""
     from ..runtime.preprocess import list_images, load_image
 
@@ -120,6 +121,12 @@ def _folder_items(folder: Path, notes: list[str]) -> tuple[list[tuple[str, Any, 
     if not paths:
         raise CalibrationError(f"calibration folder {folder} has no image files (.jpg .png .bmp "
                                f".webp .tif .gif, searched recursively).")
+    found = len(paths)
+    if limit is not None and found > limit:
+        # a big folder: decode an evenly spread subset (all classes of an ImageFolder), not all
+        pick, _ = _spread(list(range(found)), limit)
+        paths = [paths[i] for i in pick]
+        notes.append(f"{found} images found; {limit} evenly spread ones were read")
     items, corrupt = [], []
     for p in paths:
         try:
@@ -135,7 +142,7 @@ def _folder_items(folder: Path, notes: list[str]) -> tuple[list[tuple[str, Any, 
     if not items:
         raise CalibrationError(f"none of the {len(paths)} image files in {folder} could be "
                                f"decoded; the calibration folder is unusable.")
-    return items, corrupt, len(paths)
+    return items, corrupt, found
 
 
 def _skimage_items(notes: list[str]) -> list[list[tuple[str, Any, str]]]:
@@ -200,7 +207,7 @@ def load_calibration(calib: str | os.PathLike | None, spec: dict, *,
         found, corrupt, source = sum(len(g) for g in groups), [], "skimage-default"
     else:
         folder = Path(calib).expanduser()
-        items, corrupt, found = _folder_items(folder, notes)
+        items, corrupt, found = _folder_items(folder, notes, limit=2 * (want + MAX_HOLDOUT))
         source = str(folder)
         k = _holdout_count(len(items))
         hi, ci = _spread(list(range(len(items))), k)
