@@ -31,6 +31,10 @@ BISECT_STEPS = 3
 RANK_IMAGES = 8
 
 
+class QuantizationWarning(UserWarning):
+    """The quantized file is valid but probably not what the user hoped for."""
+
+
 def _ort_quant():
     try:
         from onnxruntime import quantization as q
@@ -179,6 +183,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                 lo = mid
         final = best
         trial = best_path
+        share = len(guard_nodes) / max(1, len(ranked))
+        if share > 0.5:
+            import warnings
+
+            warnings.warn(
+                f"the accuracy guard had to keep {len(guard_nodes)} of {len(ranked)} quantizable "
+                f"nodes in float to meet the budget; this INT8 file is mostly float and will "
+                f"likely not be faster than FP32 (measure it with `edgeinfer bench`)",
+                QuantizationWarning, stacklevel=3)
     else:
         final = st
     Path(trial).replace(out_path)
@@ -191,6 +204,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         "calibration": calib.summary(),
         "kept_in_float": {**keep, "guard": guard_nodes},
         "kept_in_float_count": len(base_exclude) + len(guard_nodes),
+        "quantizable_nodes": sum(1 for n in model.graph.node if n.op_type in SENSITIVE_OPS),
         "budget": {"kind": kind, "max_drop": budget, "unit": "top-1 agreement points"
                    if kind == "classifier" else "cosine", "text": G.budget_text(kind, budget),
                    "resolution": (round(100.0 / len(calib.holdout), 3) if kind == "classifier"
