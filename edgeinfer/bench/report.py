@@ -143,10 +143,6 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
                        marker=MARKERS.get(r["precision"], "o"), alpha=0.75,
                        edgecolors="black" if on_front else "none", linewidths=2.0 if on_front else 0,
                        zorder=3)
-            mem = f", {mems[i]:.0f} MB" if mems[i] else ""
-            ax.annotate(f"{r['provider']}/{r['precision']}\n{ms(xs[i])} ms{mem}", (xs[i], ys[i]),
-                        textcoords="offset points", xytext=(9, 7), fontsize=8,
-                        fontweight="bold" if on_front else "normal")
         if max(xs) / max(min(xs), 1e-9) > 8:
             ax.set_xscale("log")
         ax.set_xlabel("median latency per batch (ms, lower is better)")
@@ -161,6 +157,7 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
         else:
             ax.set_xlim(xlo / 1.4, xhi * 2.2)
         ax.grid(True, alpha=0.3)
+        _label_points(fig, ax, rows, xs, ys, mems, front)
         # legends: colour = engine, shape = precision, size = memory
         from matplotlib.lines import Line2D
 
@@ -180,6 +177,39 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _label_points(fig, ax, rows, xs, ys, mems, front) -> None:
+    """Label every point; pick, per point, the offset whose label box overlaps least with the
+    labels already placed (close points would otherwise print on top of each other)."""
+    fig.canvas.draw()
+    placed: list[tuple[float, float, float, float]] = []
+    w, h = 105, 26  # label box in points (2 lines at 8 pt)
+    cands = [(9, 6), (9, -30), (-w - 6, 6), (-w - 6, -30), (9, 26), (-w - 6, 26), (9, -50)]
+    scale = fig.dpi / 72.0
+    order = sorted(range(len(rows)), key=lambda i: (xs[i], -ys[i]))
+    for i in order:
+        px, py = ax.transData.transform((xs[i], ys[i]))
+        best, best_cost = cands[0], None
+        for dx, dy in cands:
+            x0, y0 = px + dx * scale, py + dy * scale
+            box = (x0, y0, x0 + w * scale, y0 + h * scale)
+            cost = sum(max(0.0, min(box[2], b[2]) - max(box[0], b[0])) *
+                       max(0.0, min(box[3], b[3]) - max(box[1], b[1])) for b in placed)
+            # stay inside the axes
+            ax_box = ax.get_window_extent()
+            if box[0] < ax_box.x0 or box[2] > ax_box.x1 or box[1] < ax_box.y0 or box[3] > ax_box.y1:
+                cost += 1e6
+            if best_cost is None or cost < best_cost:
+                best, best_cost = (dx, dy), cost
+        x0, y0 = px + best[0] * scale, py + best[1] * scale
+        placed.append((x0, y0, x0 + w * scale, y0 + h * scale))
+        mem = f", {mems[i]:.0f} MB" if mems[i] else ""
+        r = rows[i]
+        ax.annotate(f"{r['provider']}/{r['precision']}\n{ms(xs[i])} ms{mem}", (xs[i], ys[i]),
+                    textcoords="offset points", xytext=best, fontsize=8, va="bottom",
+                    fontweight="bold" if i in front else "normal",
+                    arrowprops=dict(arrowstyle="-", color="#999", lw=0.6) if best != cands[0] else None)
 
 
 def write_all(results: dict, out_dir) -> dict:
@@ -336,8 +366,8 @@ def _confusion_html(results: dict) -> str:
     acc = results.get("accuracy") or {}
     key = "cpu/fp32" if "cpu/fp32" in acc else next(iter(acc), None)
     lab = (acc.get(key) or {}).get("labelled") if key else None
-    if not lab or "confusion" not in lab:
-        return ""
+    if not lab or "confusion" not in lab or results.get("random_weights"):
+        return ""  # confusions of a random model are noise
     conf = lab["confusion"]
     m, names = conf["matrix"], conf["names"]
     pairs = []

@@ -52,6 +52,7 @@ ENGINE_NAMES = {"cpu": "ONNX Runtime CPU", "cuda": "ONNX Runtime CUDA",
                 "tensorrt": "ONNX Runtime TensorRT", "openvino": "OpenVINO",
                 "pytorch": "PyTorch eager"}
 EVAL_CHUNK = 8
+TORCH_EVAL_IMAGES = 32
 DEFAULT_MAX_IMAGES = 100
 
 
@@ -290,7 +291,7 @@ def torch_available() -> bool:
 def _torch_rows(artifact: Artifact, ev: dict, batches: list[int], *, threads, budget_s, tmp: Path,
                 progress) -> tuple[list[dict], np.ndarray | None]:
     """PyTorch eager baseline, measured in its own subprocess (``edgeinfer.cli.bench``)."""
-    np.save(tmp / "eval_x.npy", ev["x"])
+    np.save(tmp / "eval_x.npy", ev["x"][:TORCH_EVAL_IMAGES])  # eager is slow: fidelity on fewer
     spec = {"artifact": str(artifact.dir), "eval_npy": str(tmp / "eval_x.npy"),
             "out_npy": str(tmp / "torch_out.npy"), "batches": batches, "threads": threads,
             "budget_s": budget_s}
@@ -566,8 +567,9 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
             if tout is not None:
                 key = "pytorch/fp32"
                 outputs[key] = tout
-                f_res = fid.fidelity(ref, tout, kind=out_kind) if ref is not None else None
-                lab = (classification_metrics(tout, targets, class_names=class_names)
+                n_t = len(tout)
+                f_res = fid.fidelity(ref[:n_t], tout, kind=out_kind) if ref is not None else None
+                lab = (classification_metrics(tout, targets[:n_t], class_names=class_names)
                        if targets is not None and out_kind == "logits" else None)
                 accuracy[key] = {"fidelity": f_res, "labelled": lab}
                 for r in trows:

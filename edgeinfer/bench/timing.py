@@ -27,6 +27,11 @@ def measure(fn: Callable[[], object], *, warmup_runs: int = WARMUP_RUNS, warmup_
         n += 1
         if n >= 10 * max(warmup_runs, 1) and time.perf_counter() >= t_end:
             break
+    # a very slow configuration (PyTorch eager on a busy laptop) gets fewer runs, never < 5,
+    # so one row cannot take minutes: at most ~10x the budget
+    per_run = (time.perf_counter() - (t_end - warmup_s)) / max(n, 1)
+    if per_run * min_runs > 10 * max(budget_s, 0.1):
+        min_runs = max(5, int(10 * max(budget_s, 0.1) / per_run))
     times: list[float] = []
     gc_was = gc.isenabled()
     gc.disable()  # a GC pause inside a timed run is noise, not the engine
