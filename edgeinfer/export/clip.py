@@ -534,17 +534,25 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
                        parity=parity, export={"exporter": exporter, "opset": _onnx_opset(out_path),
                                               "variable_length": variable})
 
-    # -- label sets (computed with torch, the reference; on a GPU when there is one)
+    # -- label sets: with torch on a GPU when there is one; on a CPU with the parity-checked
+    # text.fp32.onnx in ONNX Runtime (about 1.5x faster than torch eager there, same features
+    # within 1e-5). The 80-template ImageNet ensemble is 80,000 prompts: minutes on a CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sets: dict[str, dict] = {}
     if names:
-        module.to(device)
+        if device == "cuda":
+            module.to(device)
+            run, engine = torch_text_runner(module, device), "torch-cuda"
+        else:
+            import onnxruntime as ort  # noqa: PLC0415
+
+            sess = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+            run, engine = (lambda b: sess.run(None, {TEXT_INPUT: b})[0]), "onnxruntime-cpu text.fp32.onnx"
         try:
-            run = torch_text_runner(module, device)
             for name in names:
                 labels, tname, tlist = label_set_spec(name, tmpl_cfg.get(name))
                 _say(progress, f"label set {name}: {len(labels)} labels x {len(tlist)} templates "
-                               f"({tname}) on {device}")
+                               f"({tname}) with {engine}")
                 emb = label_set_embeddings(run, tok, labels, tlist, variable_length=variable,
                                            batch_size=batch_size, progress=progress)
                 f = stage / f"labels.{name}.npy"
@@ -552,7 +560,8 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
                     np.save(fh, emb.astype(np.float32), allow_pickle=False)
                 sets[name] = {"file": f.name, "sha256": sha256_file(f), "labels": labels,
                               "templates": len(tlist), "template_set": tname,
-                              "template_texts": tlist, "shape": list(emb.shape)}
+                              "template_texts": tlist, "shape": list(emb.shape),
+                              "computed_with": engine}
         finally:
             module.to("cpu")
 
