@@ -283,6 +283,50 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:500]
 
 
+def _close(sess) -> None:
+    try:
+        sess.close()
+    except Exception:  # closing a crashed engine must not hide the real error
+        pass
+
+
+def _latency_rounds(open_sessions: dict, x: np.ndarray, batches: list[int], *, budget: float,
+                    rounds: int, guard: dict, progress) -> list[dict]:
+    """Latency of every open session, interleaved: ``rounds`` passes over all configurations,
+    each taking a slice of the budget, so a burst of background load hits every configuration
+    alike instead of skewing one (DESIGN.md: compare engines as ratios from one run)."""
+    rounds = max(1, int(rounds))
+    times: dict[tuple[str, int], list[float]] = {(k, b): [] for k in open_sessions for b in batches}
+    errors: dict[tuple[str, int], str] = {}
+    xb = {b: _batch_of(x, b) for b in batches}
+    for rnd in range(rounds):
+        for key, o in open_sessions.items():
+            for b in batches:
+                if (key, b) in errors:
+                    continue
+                _say(progress, f"latency round {rnd + 1}/{rounds}: {key} batch {b}")
+                sess, xin = o["sess"], xb[b]
+                try:
+                    times[(key, b)] += timing.measure_raw(
+                        lambda: sess.run(xin), budget_s=budget / rounds,
+                        min_runs=-(-timing.MIN_RUNS // rounds),
+                        warmup_runs=timing.WARMUP_RUNS if rnd == 0 else 1,
+                        warmup_s=timing.WARMUP_S if rnd == 0 else 0.05)
+                except Exception as e:  # an engine failing mid-run: its rows show the error
+                    errors[(key, b)] = _err(e)
+    out = []
+    for key, o in open_sessions.items():
+        for b in batches:
+            r = _row(o["prov"], o["prec"], b, device=o["device"], model_size_mb=o["size_mb"])
+            if (key, b) in errors:
+                r.update(status="error", error=errors[(key, b)])
+            else:
+                _fill_latency(r, timing.summarize(times[(key, b)]), b)
+                _fill_accuracy(r, o["fid"], o["lab"], guard)
+            out.append(r)
+    return out
+
+
 # ------------------------------------------------------------------ the torch baseline
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
@@ -417,14 +461,15 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
               images=None, labels=None, out=None, pipeline=False, progress=None,
               budget_s: float | None = None, max_images: int | None = DEFAULT_MAX_IMAGES,
               memory: bool = True, torch_baseline: bool = True, write_tuning_file: bool = True,
-              report: bool = True) -> dict:
+              report: bool = True, rounds: int = 3) -> dict:
     """Benchmark an artifact; returns the results dict (also written as results.json/csv,
     pareto.png and report.html under ``out``, default ``<artifact>/bench``).
 
     ``providers``: "auto" (the engine auto-selection picks, plus ONNX Runtime CPU), "all" (every
     available engine) or a list / comma string of cpu, cuda, tensorrt, openvino.
     ``precisions``: "all" (every file in the artifact) or a list of fp32, fp16, int8.
-    ``budget_s``: timed seconds per configuration (default ``timing.BUDGET_S``).
+    ``budget_s``: timed seconds per configuration (default ``timing.BUDGET_S``), spread over
+    ``rounds`` interleaved passes over all configurations.
     ``memory``: measure cold start / peak RSS in fresh subprocesses. ``torch_baseline``: add the
     PyTorch eager row when torch is installed.
     """
@@ -480,32 +525,30 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
             _say(progress, f"reference failed ({_err(e)}); fidelity unavailable")
 
         combos = [(p, q) for p in prov_list for q in prec_list]
-        total = len(combos) * len(batches_l)
-        step = 0
-        for prov, prec in combos:
-            key = f"{prov}/{prec}"
-            path = artifact.path(prec)
-            size_mb = path.stat().st_size / 2**20
-            try:
-                from ..backends import create_session
+        open_sessions: dict[str, dict] = {}
+        try:
+            for i, (prov, prec) in enumerate(combos):
+                key = f"{prov}/{prec}"
+                path = artifact.path(prec)
+                size_mb = path.stat().st_size / 2**20
+                try:
+                    from ..backends import create_session
 
-                _say(progress, f"[{step + 1}/{total}] {key}: loading")
-                sess = create_session(path, provider=prov,
-                                      options=session_options(
-                                          prov, prec, threads=threads,
-                                          input_shape=artifact.preprocess["input_size"],
-                                          model_sha256=artifact.entry(prec).get("sha256")),
-                                      precision=prec)
-            except Exception as e:
-                for b in batches_l:
-                    step += 1
-                    rows.append(_row(prov, prec, b, status="error", error=_err(e), model_size_mb=size_mb))
-                continue
-            try:
+                    _say(progress, f"[{i + 1}/{len(combos)}] {key}: loading")
+                    sess = create_session(path, provider=prov,
+                                          options=session_options(
+                                              prov, prec, threads=threads,
+                                              input_shape=artifact.preprocess["input_size"],
+                                              model_sha256=artifact.entry(prec).get("sha256")),
+                                          precision=prec)
+                except Exception as e:
+                    rows.extend(_row(prov, prec, b, status="error", error=_err(e), model_size_mb=size_mb)
+                                for b in batches_l)
+                    continue
                 device = getattr(sess, "device", "") or ""
                 f_res = lab = None
                 try:
-                    _say(progress, f"[{step + 1}/{total}] {key}: accuracy on {len(x)} images")
+                    _say(progress, f"[{i + 1}/{len(combos)}] {key}: accuracy on {len(x)} images")
                     y = _infer_all(sess.run, x)
                     outputs[key] = y
                     if ref is not None:
@@ -514,27 +557,17 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
                         lab = classification_metrics(y, targets, class_names=class_names)
                     accuracy[key] = {"fidelity": f_res, "labelled": lab}
                 except Exception as e:
-                    for b in batches_l:
-                        step += 1
-                        rows.append(_row(prov, prec, b, status="error", device=device,
-                                         error=_err(e), model_size_mb=size_mb))
+                    rows.extend(_row(prov, prec, b, status="error", device=device, error=_err(e),
+                                     model_size_mb=size_mb) for b in batches_l)
+                    _close(sess)
                     continue
-                for b in batches_l:
-                    step += 1
-                    _say(progress, f"[{step}/{total}] {key} batch {b}: latency")
-                    r = _row(prov, prec, b, device=device, model_size_mb=size_mb)
-                    try:
-                        xb = _batch_of(x, b)
-                        _fill_latency(r, timing.measure(lambda: sess.run(xb), budget_s=budget), b)
-                        _fill_accuracy(r, f_res, lab, guard)
-                    except Exception as e:
-                        r.update(status="error", error=_err(e))
-                    rows.append(r)
-            finally:
-                try:
-                    sess.close()
-                except Exception:
-                    pass
+                open_sessions[key] = {"sess": sess, "prov": prov, "prec": prec, "device": device,
+                                      "size_mb": size_mb, "fid": f_res, "lab": lab}
+            rows.extend(_latency_rounds(open_sessions, x, batches_l, budget=budget, rounds=rounds,
+                                        guard=guard, progress=progress))
+        finally:
+            for o in open_sessions.values():
+                _close(o["sess"])
 
         # fresh-process measurements: cold start (empty / warm engine cache), peak RSS, GPU memory
         if memory:
@@ -622,7 +655,8 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
         "images": ev["desc"],
         "settings": {"providers": providers, "precisions": precisions, "batches": batches_l,
                      "threads": threads, "budget_s": budget, "min_runs": timing.MIN_RUNS,
-                     "warmup_runs": timing.WARMUP_RUNS, "guard": guard, "memory": memory},
+                     "warmup_runs": timing.WARMUP_RUNS, "rounds": rounds, "guard": guard,
+                     "memory": memory},
         "machine": machine_fingerprint(),
         "providers": status,
         "selection": selection,

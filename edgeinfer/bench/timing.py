@@ -20,6 +20,13 @@ def measure(fn: Callable[[], object], *, warmup_runs: int = WARMUP_RUNS, warmup_
             min_runs: int = MIN_RUNS, budget_s: float = BUDGET_S, max_runs: int = MAX_RUNS) -> dict:
     """Time ``fn()``: at least ``warmup_runs`` and ``warmup_s`` seconds of warm-up, then runs until
     both ``min_runs`` and ``budget_s`` are reached (or ``max_runs``). Milliseconds."""
+    return summarize(measure_raw(fn, warmup_runs=warmup_runs, warmup_s=warmup_s, min_runs=min_runs,
+                                 budget_s=budget_s, max_runs=max_runs))
+
+
+def measure_raw(fn: Callable[[], object], *, warmup_runs: int = WARMUP_RUNS, warmup_s: float = WARMUP_S,
+                min_runs: int = MIN_RUNS, budget_s: float = BUDGET_S, max_runs: int = MAX_RUNS) -> list[float]:
+    """Like ``measure`` but returns the individual run times (ms)."""
     t_end = time.perf_counter() + warmup_s
     n = 0
     while n < warmup_runs or time.perf_counter() < t_end:
@@ -31,7 +38,7 @@ def measure(fn: Callable[[], object], *, warmup_runs: int = WARMUP_RUNS, warmup_
     # so one row cannot take minutes: at most ~10x the budget
     per_run = (time.perf_counter() - (t_end - warmup_s)) / max(n, 1)
     if per_run * min_runs > 10 * max(budget_s, 0.1):
-        min_runs = max(5, int(10 * max(budget_s, 0.1) / per_run))
+        min_runs = max(min(5, min_runs), int(10 * max(budget_s, 0.1) / per_run))
     times: list[float] = []
     gc_was = gc.isenabled()
     gc.disable()  # a GC pause inside a timed run is noise, not the engine
@@ -46,7 +53,7 @@ def measure(fn: Callable[[], object], *, warmup_runs: int = WARMUP_RUNS, warmup_
     finally:
         if gc_was:
             gc.enable()
-    return summarize(times)
+    return times
 
 
 def summarize(times_ms) -> dict:
