@@ -247,7 +247,7 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
          f"{meta['libs'].get('openvino', '?')}, nncf {meta['libs'].get('nncf', '?')}, torch "
          f"{meta['libs'].get('torch', '?')}. One process, same photos, batch {meta['batch']}, "
          f"median of >= 20 timed runs over >= {meta['budget']} s after warm-up.", "",
-         "Command:", "", "```", meta["command"], "```", "",
+         "Command(s):", "", "```", meta["command"], "```", "",
          "Ratio = peer median latency / edgeinfer median latency (> 1: edgeinfer is faster). "
          "Fidelity is against ONNX Runtime FP32 on the same photos: top-1 agreement and top-5 overlap "
          "for classifiers, cosine of the outputs for all. Weights are RANDOM (seeded) unless noted, "
@@ -259,6 +259,8 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
         ei = rows.get("edgeinfer", {})
         base = (ei.get("latency") or {}).get("median_ms")
         L += [f"## {res['model']}" + (" (random weights)" if res["random_weights"] else ""), ""]
+        if len(meta["command"].splitlines()) > 1 and res.get("command"):
+            L += [f"Measured by `{res['command']}`.", ""]
         if ei.get("provider"):
             L += [f"edgeinfer chose **{ei['provider']}/{ei['precision']}** — {ei.get('reason', '')}", ""]
         L += ["| configuration | median ms | p90 ms | ratio vs edgeinfer | top-1 agree | top-5 overlap "
@@ -328,6 +330,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tune", action="store_true", help="don't run edgeinfer bench first")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers.md"))
     ap.add_argument("--note", default=None, help="a note printed above the tables (e.g. machine was busy)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the other models' results already in the output's .json (each model's "
+                         "section says which command measured it)")
     args = ap.parse_args(argv)
 
     from edgeinfer.bench.fingerprint import machine_fingerprint
@@ -353,14 +358,23 @@ def main(argv=None) -> int:
             res["seconds"] = round(time.perf_counter() - t0, 1)
             results.append(res)
             log(f"{model}: done in {res['seconds']} s")
+    cmd = "python " + " ".join(shlex.quote(a) for a in
+                               [os.path.relpath(__file__, os.getcwd()), *(argv or sys.argv[1:])])
+    for r in results:
+        r["command"] = cmd
+    out = Path(args.out)
+    if args.append and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text()).get("results", [])
+        new_names = {r["model"] for r in results}
+        results = [r for r in old if r["model"] not in new_names] + results
+        order = {m: i for i, m in enumerate(DEFAULT_MODELS)}
+        results.sort(key=lambda r: order.get(r["model"], 99))
     fp = machine_fingerprint()
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": fp["cpu"]["model"], "cores": fp["cpu"]["cores"], "int8_tier": fp["cpu"]["int8_tier"],
             "libs": fp["libraries"], "batch": args.batch, "budget": args.budget,
-            "command": "python " + " ".join(shlex.quote(a) for a in
-                                             [os.path.relpath(__file__, os.getcwd()), *(argv or sys.argv[1:])]),
+            "command": "\n".join(dict.fromkeys(r.get("command", cmd) for r in results)),
             "noisy": args.note, "total_s": round(time.perf_counter() - t_all, 1)}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = to_markdown(results, meta) + f"\nTotal run time: {meta['total_s']} s.\n"
     out.write_text(md)
