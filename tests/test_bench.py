@@ -218,3 +218,15 @@ def test_torch_baseline_row_matches_onnx(tmp_path):
     assert py[0]["latency_median_ms"] > 0 and py[0]["peak_rss_mb"] > 50
     assert py[0]["top1_agreement"] == 1.0 and py[0]["cosine_min"] > 0.9999
     assert res["torch_baseline"]["included"] and not py[0]["selected"]
+
+
+def test_embedding_output_uses_cosine(tmp_path):
+    art = make_tiny_artifact(tmp_path / "emb")
+    m = json.loads((art / "manifest.json").read_text())
+    m["output"] = {"kind": "embedding", "dim": 10}
+    (art / "manifest.json").write_text(json.dumps(m))
+    res = runner.run_bench(art, providers="cpu", memory=False, out=tmp_path / "o", **FAST)
+    assert res["accuracy_metric"] == "cosine_mean"
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert ok and all(r["top1_agreement"] is None and r["cosine_mean"] is not None for r in ok)
+    assert (tmp_path / "o" / "pareto.png").stat().st_size > 1000
