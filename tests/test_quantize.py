@@ -197,7 +197,7 @@ def test_guard_keeps_sensitive_nodes_in_float(trained, digits_folder, tmp_path):
     assert not steps[0]["within_budget"], steps[0]      # the plain INT8 breaks the budget
     assert steps[-1]["within_budget"]
     assert q["kept_in_float"]["guard"], q["kept_in_float"]
-    assert q["sensitivity_top"][0]["added_error"] > 0
+    assert q["sensitivity_top"][0]["input_error"] > 0
     assert res["int8"]["fidelity"]["top1_agreement"] >= 0.99
     assert res["int8"]["labelled"]["drop_points"] <= 1.0
 

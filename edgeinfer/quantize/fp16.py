@@ -93,6 +93,41 @@ def fix_casts(m16) -> list[str]:
     return fixed
 
 
+_PROBE = """
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+s.run(None, {s.get_inputs()[0].name: x})
+"""
+
+
+def probe(path: str | Path, x: np.ndarray, *, timeout: float = 600) -> str | None:
+    """Load and run ``path`` with ONNX Runtime (default optimizations) in a child process.
+
+    None when it works, else what went wrong. A child process because some FP16 graphs crash
+    ONNX Runtime's graph optimizer with a segmentation fault (CLIP ViT-B/32 with FP16
+    LayerNormalization, onnxruntime 1.32 CPU), which would take the caller down with it.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        npy = Path(d) / "x.npy"
+        np.save(npy, x)
+        try:
+            r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(npy)],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"loading/running took longer than {timeout:.0f} s"
+    if r.returncode == 0:
+        return None
+    if r.returncode < 0:
+        return f"onnxruntime crashed (signal {-r.returncode}) loading/running the FP16 graph"
+    tail = (r.stderr or "").strip().splitlines()[-1:] or [""]
+    return f"onnxruntime failed (exit {r.returncode}): {tail[0][:300]}"
+
+
 def _parity(ref: np.ndarray, out: np.ndarray, fkind: str, budget_kind: str,
             max_drop: float) -> tuple[bool, dict]:
     fid = G.fidelity(ref, out, fkind)
@@ -126,25 +161,44 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
     node_block = sorted(set(over["overflow"]) | set(over["square_overflow"]))
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(EXTRA_BLOCK_OPS))
     say(f"FP16: converting ({len(node_block)} nodes kept in float for overflow)")
-    with warnings.catch_warnings():  # "float32 number 1e-8 will be truncated": expected
-        warnings.simplefilter("ignore")
-        m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block,
-                                               node_block_list=node_block)
-    casts = fix_casts(m16)
-    onnx.save(m16, str(out_path))
+    attempts = []
+    extra_ops: list[str] = []
+    for extra_ops in ([], ["LayerNormalization"]):
+        blk = sorted(set(op_block) | set(extra_ops))
+        with warnings.catch_warnings():  # "float32 number 1e-8 will be truncated": expected
+            warnings.simplefilter("ignore")
+            m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blk,
+                                                   node_block_list=node_block)
+        casts = fix_casts(m16)
+        onnx.save(m16, str(out_path))
+        problem = probe(out_path, holdout[:1])
+        attempts.append({"extra_block_ops": extra_ops, "error": problem})
+        if problem is None:
+            break
+        say(f"FP16: {problem}" + ("" if extra_ops else "; retrying with LayerNormalization "
+                                                          "kept in float"))
+    op_block = blk
     info: dict[str, Any] = {"method": "onnxconverter-common float16", "keep_io_types": True,
                             "op_block_list": op_block, "node_block_list": node_block,
                             "overflow_scan": {**over, "images": int(len(scan_x))},
+                            "load_attempts": attempts,
                             "fallback": None, "casts_fixed": len(casts)}
-    try:
-        out = run_model(out_path, holdout)
-        ok, fid = _parity(ref, out, fkind, bkind, budget)
-        err = None
-    except Exception as e:  # noqa: BLE001 - a graph ORT cannot load/run: fall back
-        ok, fid, err = False, None, f"{type(e).__name__}: {str(e)[:300]}"
-        out = None
+    if attempts[-1]["error"] is not None:
+        ok, fid, err, out = False, None, attempts[-1]["error"], None
+    else:
+        try:
+            out = run_model(out_path, holdout)
+            ok, fid = _parity(ref, out, fkind, bkind, budget)
+            err = None
+        except Exception as e:  # noqa: BLE001 - a graph ORT cannot run: fall back
+            ok, fid, err = False, None, f"{type(e).__name__}: {str(e)[:300]}"
+            out = None
     info["plain_fp16"] = {"parity_ok": ok, "fidelity": fid, "error": err}
-    if not ok:
+    crashed = err is not None and "crashed" in err
+    if not ok and crashed:
+        info["fallback"] = {"method": "auto_mixed_precision", "skipped": "onnxruntime crashes "
+                            "on this graph; mixed-precision search would run it in-process"}
+    if not ok and not crashed:
         say("FP16: plain FP16 breaks parity; trying automatic mixed precision")
         name = model.graph.input[0].name
         feed = {name: holdout[:2]}
@@ -154,6 +208,9 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
                                                          keep_io_types=True)
             fix_casts(mixed)
             onnx.save(mixed, str(out_path))
+            problem = probe(out_path, holdout[:1])
+            if problem:
+                raise RuntimeError(problem)
             out = run_model(out_path, holdout)
             ok, fid = _parity(ref, out, fkind, bkind, budget)
             info["fallback"] = {"method": "auto_mixed_precision", "parity_ok": ok,
@@ -161,11 +218,11 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
         except Exception as e:  # noqa: BLE001
             info["fallback"] = {"method": "auto_mixed_precision", "parity_ok": False,
                                 "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        if not ok:
-            raise ParityError(
-                f"FP16 conversion breaks parity with FP32 and the mixed-precision fallback did "
-                f"not fix it (plain: {info['plain_fp16']}; fallback: {info['fallback']}). "
-                f"Use FP32 or INT8 for this model.")
+    if not ok:
+        raise ParityError(
+            f"FP16 conversion breaks parity with FP32 and the mixed-precision fallback did "
+            f"not fix it (plain: {info['plain_fp16']}; fallback: {info['fallback']}). "
+            f"Use FP32 or INT8 for this model.")
     m = load(out_path)
     n_fp16_init = sum(1 for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     info.update({"parity": {**fid, "images": int(len(holdout)), "reference": "fp32",
