@@ -355,9 +355,18 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true",
                     help="keep the other models' results already in the output's .json (each model's "
                          "section says which command measured it)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-write the markdown from the output's .json without measuring")
     args = ap.parse_args(argv)
 
     from edgeinfer.bench.fingerprint import machine_fingerprint
+
+    if args.render_only:
+        data = json.loads(Path(args.out).with_suffix(".json").read_text())
+        md = to_markdown(data["results"], data["meta"]) + f"\nTotal run time: {data['meta']['total_s']} s.\n"
+        Path(args.out).write_text(md)
+        print(md)
+        return 0
 
     photos_dir = Path(args.photos)
     photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
