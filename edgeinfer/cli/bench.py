@@ -29,6 +29,8 @@ def add_parser(p) -> None:
                    help="also measure decode + preprocess + infer throughput over the photo files")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="timed seconds per configuration (default 3; at least 20 runs)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved latency rounds over all configurations (default 3)")
     p.add_argument("--max-images", type=int, default=100, help="images used for accuracy (default 100)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the fresh-subprocess cold start / peak RSS measurements")
@@ -56,7 +58,8 @@ def run(args) -> int:
                         batches=args.batch, threads=args.threads, images=args.images,
                         labels=args.labels, out=args.out, pipeline=args.pipeline, progress=progress,
                         budget_s=args.budget, max_images=args.max_images, memory=not args.no_memory,
-                        torch_baseline=not args.no_torch, write_tuning_file=not args.no_tuning)
+                        torch_baseline=not args.no_torch, write_tuning_file=not args.no_tuning,
+                        rounds=args.rounds)
     console.print(console_table(res))
     for n in observations(res):
         console.print(f"• {n}")
