@@ -326,3 +326,16 @@ def test_pretrained_not_cached_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(E, "_local_pretrained_file", lambda *a: None)
     with pytest.raises(WeightsError, match="--weights PATH.*--weights random"):
         build_clip(get_recipe("clip_vit_b32"), weights="pretrained")
+
+
+def test_text_feeds_for_bench(tiny):
+    import onnxruntime as ort
+
+    from edgeinfer.runtime.zero_shot import text_feeds
+
+    feeds = text_feeds(tiny[1], 4)
+    ids = feeds["input_ids"]
+    assert ids.dtype == np.int64 and ids.shape[0] == 4 and ids.shape[1] < 77
+    assert text_feeds(tiny[1], 2, trim=False)["input_ids"].shape == (2, 77)
+    sess = ort.InferenceSession(str(tiny[1] / "text.fp32.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, feeds)[0].shape == (4, 32)

@@ -306,3 +306,27 @@ def zero_shot(model, images: Any, labels: Any = None, top_k: int = 3, *,
     out = Results([r if not isinstance(r, np.ndarray) else _top_k(probs[i], int(top_k), names)
                    for i, r in enumerate(rows)], getattr(model, "selection", None))
     return out[0] if single else out
+
+
+# ------------------------------------------------------------------ for bench / quantize
+BENCH_PROMPTS = ("a photo of a dog.", "a photo of a receipt.", "a photo of people at the beach.",
+                 "a blurry photo of a cat.", "a screenshot of a document.", "a photo of a pet.",
+                 "a photo of a mountain lake at sunset.", "a drawing of a giraffe.")
+
+
+def text_feeds(artifact, batch_size: int = 1, *, texts: Sequence[str] | None = None,
+               trim: bool = True) -> dict[str, np.ndarray]:
+    """Feeds for the text tower of ``artifact`` (Artifact or directory): ``{"input_ids": int64
+    [batch_size, L]}`` from realistic prompts, cut after the last end-of-text token when the
+    tower is variable-length (as ``zero_shot`` runs it; ``trim=False``: always 77)."""
+    from .artifact import Artifact
+    from .tokenizer import tokenize
+
+    art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
+    pool = list(texts or BENCH_PROMPTS)
+    ids = tokenize([pool[i % len(pool)] for i in range(int(batch_size))], art)
+    text = art.manifest.get("text") or {}
+    if trim and text.get("variable_length"):
+        ids = ids[:, : int(ids.argmax(axis=1).max()) + 1]
+    name = ((text.get("files") or {}).get("fp32", {}).get("inputs") or [{}])[0].get("name", "input_ids")
+    return {name: np.ascontiguousarray(ids)}
