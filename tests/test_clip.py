@@ -339,3 +339,20 @@ def test_text_feeds_for_bench(tiny):
     assert text_feeds(tiny[1], 2, trim=False)["input_ids"].shape == (2, 77)
     sess = ort.InferenceSession(str(tiny[1] / "text.fp32.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, feeds)[0].shape == (4, 32)
+
+
+def test_pretrained_from_local_cache(tiny_config, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from edgeinfer.export import clip as E
+
+    src = build_clip(tiny_recipe(), weights="random", seed=7)
+    p = tmp_path / "cached.bin"
+    torch.save(src.extra["clip_model"].state_dict(), p)
+    monkeypatch.setattr(E, "_local_pretrained_file", lambda oc, name, tag: str(p))
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"quick_gelu": False})
+    got = build_clip(replace(tiny_recipe(), pretrained_tag="fake"), weights="pretrained")
+    assert got.weights_info["origin"] == "pretrained" and got.weights_info["tag"] == "fake"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(got.module(x), src.module(x))
