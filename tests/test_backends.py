@@ -157,9 +157,10 @@ def test_missing_gpu_provider_says_what_to_install(tmp_path):
 
 
 # ----------------------------------------------------------------- selection with mocked machines
-CPU_VNNI = {"int8_tier": "vnni", "isa": {"arm": False}}
-CPU_AVX2 = {"int8_tier": "avx2", "isa": {"arm": False}}
-CPU_ARM = {"int8_tier": "arm", "isa": {"arm": True}}
+CPU_VNNI = {"int8_tier": "vnni", "isa": {"arm": False}, "vendor": "GenuineIntel"}
+CPU_AVX2 = {"int8_tier": "avx2", "isa": {"arm": False}, "vendor": "GenuineIntel"}
+CPU_AMD = {"int8_tier": "vnni", "isa": {"arm": False}, "vendor": "AuthenticAMD"}
+CPU_ARM = {"int8_tier": "arm", "isa": {"arm": True}, "vendor": ""}
 
 
 def _st(trt=False, cuda=False, ov=True, ov_devices=("CPU",)):
@@ -211,6 +212,8 @@ def test_auto_cpu_engine_heuristic(art, monkeypatch, no_intel_gpu):
     assert s.precision == "fp32" and "no fast INT8" in s.reason
     s = select(artifact=art, statuses=_st(), cpu=CPU_ARM)
     assert s.provider == "cpu" and "ARM" in s.reason
+    s = select(artifact=art, statuses=_st(), cpu=CPU_AMD)
+    assert (s.provider, s.precision) == ("cpu", "int8") and "AuthenticAMD" in s.reason
     monkeypatch.setattr(pv, "openvino_installed", lambda: False)
     s = select(artifact=art, statuses=_st(ov=False), cpu=CPU_VNNI)
     assert s.provider == "cpu" and "openvino not installed" in s.reason

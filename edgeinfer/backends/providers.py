@@ -6,11 +6,14 @@ TensorRT > CUDA > OpenVINO GPU/NPU > the faster CPU engine for this model, and t
 ``ProviderUnavailableError`` naming what to install; there is never a silent fallback.
 
 The faster CPU engine: ``<artifact>/tuning.json`` for this machine (written by
-``edgeinfer bench``) when present; otherwise a heuristic, measured on an AMD EPYC (Zen 4,
-AVX-512 VNNI, 2 cores; random weights, FP32, batch 1, noisy shared machine): OpenVINO CPU was
-faster than ONNX Runtime CPU on mobilevit_s (57 vs 108 ms), mobilenetv3_large_100 (9.4 vs
-14.9 ms) and on par on resnet18 (21.8 vs 22.9 ms). So: OpenVINO CPU on x86 when the openvino
-package is installed, ONNX Runtime CPU otherwise (ARM, or no openvino).
+``edgeinfer bench``) when present; otherwise a heuristic: OpenVINO CPU on Intel x86 CPUs when the
+openvino package is installed (OpenVINO's CPU plugin is Intel's own, tuned for their VNNI/AMX
+kernels), ONNX Runtime CPU everywhere else (AMD, ARM, no openvino). Measured on an AMD EPYC Zen 4
+(2 shared cores, random weights, batch 1, interleaved runs, heavily loaded so noisy) there was no
+consistent winner: ORT/OpenVINO latency ratio 0.89 (mobilevit_s fp32), 1.09 (mobilevit_s int8),
+0.67 (mobilenetv3_large_100), 0.97 (resnet18) with 1 thread; an earlier, quieter run with 2
+threads had OpenVINO ahead on mobilevit_s (57 vs 108 ms). Where speed is a toss-up ORT wins on
+cost: peak RSS 116 vs ~180 MB (mobilevit_s INT8, load + classify) and a faster cold start.
 
 ``precision="auto"``: the tuned precision when present; else int8 on CPUs/NPUs with fast INT8
 dot products (VNNI / AMX / ARM dotprod) when the artifact has an INT8 file whose accuracy guard
@@ -429,11 +432,14 @@ def _auto_provider(status, tuning: dict | None, cpu: dict, known: set = frozense
             return tp, "CPU", (f"tuned on this machine: {tp} measured fastest "
                                f"({tuning.get('latency_ms', '?')} ms, {tuning.get('measured', '?')})")
     x86 = not cpu["isa"]["arm"]
-    if x86 and openvino_installed():
-        return "openvino", "CPU", (f"{'; '.join(skipped) + '; ' if skipped else ''}"
-                                   f"heuristic: OpenVINO is the faster CPU engine on x86 (run "
+    intel = x86 and cpu.get("vendor") == "GenuineIntel"
+    pre = f"{'; '.join(skipped) + '; ' if skipped else ''}"
+    if intel and openvino_installed():
+        return "openvino", "CPU", (f"{pre}heuristic: OpenVINO CPU on an Intel CPU (run "
                                    f"`edgeinfer bench` to measure this model here)")
-    why = "ARM CPU" if not x86 else "openvino not installed"
+    why = ("ARM CPU" if not x86 else "openvino not installed" if not openvino_installed()
+           else f"{cpu.get('vendor') or 'non-Intel'} CPU: OpenVINO not reliably faster, ORT uses "
+                f"less memory; run `edgeinfer bench` to measure this model here")
     if not status("cpu").available:
         raise ProviderUnavailableError(f"no usable engine: {status('cpu').reason}. Install: {INSTALL['cpu']}")
-    return "cpu", "CPU", f"{'; '.join(skipped) + '; ' if skipped else ''}ONNX Runtime CPU ({why})"
+    return "cpu", "CPU", f"{pre}heuristic: ONNX Runtime CPU ({why})"
