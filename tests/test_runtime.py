@@ -2,7 +2,6 @@
 and parity with PyTorch on the real photos through both CPU engines."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
