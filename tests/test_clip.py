@@ -356,3 +356,13 @@ def test_pretrained_from_local_cache(tiny_config, tmp_path, monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(got.module(x), src.module(x))
+
+
+def test_bad_templates(model):
+    from edgeinfer.errors import InvalidOptionError
+    from edgeinfer.runtime.zero_shot import text_embeddings
+
+    for bad in (["no placeholder"], ["a {} of {kind}"]):
+        with pytest.raises(InvalidOptionError, match="placeholder"):
+            text_embeddings(model, ["cat", "dog"], templates=bad)
+    assert text_embeddings(model, ["{x}", "dog"], templates=["a {{literal}} {}"]).shape == (2, 32)

@@ -229,7 +229,11 @@ def text_embeddings(model, labels: Sequence[str], *, templates: Sequence[str] | 
     if hit is not None:
         return hit
     tok = _tokenizer(model)
-    texts = [t.format(lab) for lab in labels for t in templates]
+    try:
+        texts = [t.format(lab) for lab in labels for t in templates]
+    except (KeyError, IndexError, ValueError) as e:
+        raise InvalidOptionError(f"templates may contain only one '{{}}' placeholder (write other "
+                                 f"braces as '{{{{' and '}}}}'): {e!r} in {list(templates)!r}") from e
     ids = tok.encode(texts)
     long = [lab for lab in labels if tok.truncated(templates[0].format(lab))]
     if long:
