@@ -27,7 +27,7 @@ SENSITIVE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Softm
                  "GlobalAveragePool", "Resize", "LeakyRelu", "Concat", "Where", "Gather",
                  "BatchNormalization"}
 MAX_GUARD_STEPS = 9
-BISECT_STEPS = 3
+BISECT_STEPS = 6
 RANK_IMAGES = 8
 
 
@@ -172,18 +172,35 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                 f"{last['fidelity']['cosine_mean']:.4f}, measured on {len(calib.holdout)} "
                 f"hold-out images). Raise --max-drop, calibrate on more representative images "
                 f"(--calib DIR), or use --fp16.")
-        # bisect between the last failing and the first passing count: fewer nodes in float
-        hi = len(guard_nodes)
-        for _ in range(BISECT_STEPS):
-            if hi - lo <= max(1, hi // 8):
-                break
-            mid = (lo + hi) // 2
-            st = attempt(ranked[:mid], f"guard: worst {mid} in float")
-            if st["within_budget"]:
-                hi, best, guard_nodes = mid, st, ranked[:mid]
+        # Narrow down: the nodes that made the difference are among ranked[lo:k] (the last
+        # failing and the first passing count). Halve that set while the budget still holds,
+        # then try it without the lower-ranked prefix: a single critical node ranked low
+        # (CLIP's class-token Concat: tiny next to the patch tokens, so a per-tensor scale
+        # wipes it out) should not drag 100 others into float.
+        base, crit = ranked[:lo], ranked[lo:len(guard_nodes)]
+
+        def adopt(nodes: list[str], st: dict) -> None:
+            nonlocal best, guard_nodes
+            if len(nodes) < len(guard_nodes):
+                best, guard_nodes = st, list(nodes)
                 shutil.copyfile(trial, best_path)
+
+        for _ in range(BISECT_STEPS):
+            if len(crit) <= 1:
+                break
+            h = len(crit) // 2
+            for half in (crit[:h], crit[h:]):
+                st = attempt(base + half, f"guard: narrowing, {len(base) + len(half)} in float")
+                if st["within_budget"]:
+                    adopt(base + half, st)
+                    crit = half
+                    break
             else:
-                lo = mid
+                break
+        if base:
+            st = attempt(crit, f"guard: only the {len(crit)} critical node(s) in float")
+            if st["within_budget"]:
+                adopt(crit, st)
         final = best
         trial = best_path
         share = len(guard_nodes) / max(1, len(ranked))
@@ -197,6 +214,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                 QuantizationWarning, stacklevel=3)
     else:
         final = st
+    final["chosen"] = True
     Path(trial).replace(out_path)
     qm = load(out_path)
     n_q = sum(1 for n in qm.graph.node if n.op_type == "QuantizeLinear")
