@@ -390,3 +390,18 @@ def test_text_tower_quantized_too(trained, small_folder, tmp_path):
     assert (art / t8["file"]).name == "text.int8.onnx" and (art / "text.fp16.onnx").exists()
     assert t8["quantization"]["method"] == "dynamic-weight-only"
     assert t8["fidelity"]["cosine_mean"] >= 0.99 and t8["fidelity"]["prompts"] >= 8
+
+
+@pytest.mark.openvino
+def test_openvino_target_measures_nncf_and_ort(trained, digits_folder, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    art = make_artifact(trained, tmp_path / "ov")
+    res = quantize_artifact(art, int8=True, calib=digits_folder, calib_size=32,
+                            target="openvino")
+    q = res["int8"]["quantization"]
+    assert set(q["candidates"]) == {"onnxruntime", "nncf"}
+    assert q["choice"].startswith("kept ") and "ms" in q["choice"]
+    assert res["int8"]["fidelity"]["reference"] == "fp32 on openvino"
+    assert res["int8"]["labelled"]["drop_points"] <= 1.0
+    assert not list(art.glob(".quantize-*"))

@@ -102,8 +102,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                   calib: CalibrationSet, quantize_cfg: dict | None, output_kind: str,
                   max_drop: float | None, workdir: str | Path, budget_kind: str | None = None,
                   progress: Callable[[str], None] | None = None,
-                  ref_holdout: np.ndarray | None = None,
-                  labels_given: bool = False) -> dict[str, Any]:
+                  ref_holdout: np.ndarray | None = None) -> dict[str, Any]:
     """Quantize ``fp32_path`` into ``out_path`` and return the manifest's ``quantization`` info.
 
     Raises AccuracyBudgetError (with the numbers) when no float/INT8 split meets the budget.
