@@ -289,7 +289,7 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def why(cfg: str, r: dict, ei: dict) -> str:
+def why(cfg: str, r: dict, ei: dict, model: str = "") -> str:
     """The known reason, where there is one."""
     prec = str(r.get("inference_precision", "")).lower()
     if cfg == "ov_fp32" and ("bf16" in prec or "bfloat16" in prec or "f16" in prec):
@@ -303,10 +303,19 @@ def why(cfg: str, r: dict, ei: dict) -> str:
     if cfg == "ort_fp32" and ei.get("provider") == "cpu":
         return (" Why: same engine and file; the difference is edgeinfer's session settings "
                 "(threads = physical cores, sequential executor) vs ORT's defaults, or noise.")
-    if cfg in ("ort_int8", "ov_nncf_int8"):
+    transformer = any(k in model for k in ("vit", "clip", "mobilevit"))
+    if cfg in ("ort_int8", "ov_nncf_int8") and transformer:
         return (" Why: the peer quantizes more of the graph (no float islands for LayerNorm/Softmax/"
                 "GELU/residual adds), which is faster but is exactly what edgeinfer's accuracy guard "
                 "keeps in float.")
+    if cfg == "ov_nncf_int8":
+        return (" Why: NNCF places quantizers the way OpenVINO's CPU kernels fuse them; edgeinfer's INT8 "
+                "file is an ONNX QDQ graph from its ORT-based quantizer (target=auto), which OpenVINO "
+                "runs with less fusion. Exporting with `--target openvino` lets the quantizer compare "
+                "NNCF on OpenVINO.")
+    if cfg == "ort_int8":
+        return (" Why: quantize_static's defaults (per-tensor S8S8 QDQ) quantize every Conv/MatMul; "
+                "edgeinfer's guard keeps sensitive nodes in float.")
     return ""
 
 
@@ -326,11 +335,13 @@ def findings(res: dict) -> list[str]:
         cos = (r.get("fidelity") or {}).get("cosine_mean") or 0.0
         if m < eim * 0.97:
             eq = cos >= ecos - 1e-3
+            better = cos >= ecos
             out.append(f"{r['title']} is faster than edgeinfer ({m:.2f} vs {eim:.2f} ms, "
-                       f"{eim / m:.2f}x) with {'equal or better' if eq else 'LOWER'} fidelity "
-                       f"(cosine mean {cos:.5f} vs {ecos:.5f})."
+                       f"{eim / m:.2f}x) with {'equal or better' if better else ('comparable' if eq else 'LOWER')} "
+                       f"fidelity (cosine mean {cos:.5f} vs {ecos:.5f}"
+                       + (", within 0.001)." if eq and not better else ").")
                        + ("" if eq else " Not a like-for-like win: it buys speed with accuracy.")
-                       + why(cfg, r, ei))
+                       + why(cfg, r, ei, res["model"]))
     if not out:
         out.append("edgeinfer's configuration is the fastest here (within 3%).")
     return out
