@@ -97,9 +97,13 @@ def _quality(e: dict) -> str:
     if "cosine_min" in par:
         top1 = par.get("top1_agreement")
         extra = f", top-1 agree {top1:.0%}" if isinstance(top1, (int, float)) else ""
-        src = {"photos": "photos", "generated": "generated images"}.get(par.get("source"), "images")
+        if "texts" in par:  # CLIP text tower: parity on tokenized prompts
+            n, src = par["texts"], "prompts"
+        else:
+            n = par.get("images", "?")
+            src = {"photos": "photos", "generated": "generated images"}.get(par.get("source"), "images")
         return (f"cos min {par['cosine_min']:.7f}, max|Δ| {par.get('max_abs_diff', float('nan')):.2g}"
-                f"{extra} ({par.get('images', '?')} {src})")
+                f"{extra} ({n} {src})")
     fid = e.get("fidelity") or {}
     if fid:
         bits = [f"{k} {v:.4f}" for k, v in fid.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:3]
@@ -129,7 +133,9 @@ def print_summary(console, s: dict) -> None:
     console.print(f"weights: {wtxt}")
     console.print(f"opset {s.get('opset')}, output {s['output'].get('kind')} [{s['output'].get('dim')}]; "
                   f"time: build {ex.get('build_seconds', '?')} s, onnx {ex.get('onnx_seconds', '?')} s, "
-                  f"parity {ex.get('parity_seconds', '?')} s, total {ex.get('total_seconds', '?')} s")
+                  f"parity {ex.get('parity_seconds', '?')} s"
+                  + (f", text tower {ex['text_seconds']} s" if "text_seconds" in ex else "")
+                  + f", total {ex.get('total_seconds', '?')} s")
     for wmsg in s.get("warnings", []):
         if not wmsg.startswith("RANDOM WEIGHTS"):
             console.print(f"[yellow]warning:[/] {escape(wmsg)}")
