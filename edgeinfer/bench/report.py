@@ -113,7 +113,7 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
         raise MissingDependencyError("matplotlib", "bench", "the Pareto plot") from e
     rows = [r for r in plot_rows(results) if accuracy_value(r, results["accuracy_metric"]) is not None]
     scale = _metric_scale(results)
-    fig, ax = plt.subplots(figsize=(9, 5.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(10.5, 5.6), dpi=110)
     model = results["model"].get("name", "model")
     title = f"{model}: accuracy vs latency"
     if rows:
@@ -149,7 +149,8 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
         ax.set_ylabel(metric_label(results) + " (higher is better)")
         lo, hi = min(ys), max(ys)
         pad = max((hi - lo) * 0.25, 0.5 if scale == 100 else 0.002)
-        ax.set_ylim(lo - pad, hi + pad * 1.6)
+        cap = 100.0 if scale == 100 else 1.0  # agreement / cosine cannot exceed it
+        ax.set_ylim(lo - pad, min(hi + pad * 1.6, cap + pad * 0.6))
         xlo, xhi = min(xs), max(xs)
         if ax.get_xscale() == "linear":
             xpad = max((xhi - xlo) * 0.25, xhi * 0.1)
@@ -169,8 +170,9 @@ def plot_pareto(results: dict, path: Path) -> Path | None:
             handles.append(Line2D([], [], color="#444", ls="--", label="Pareto front"))
         handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec="black", mew=2,
                               label="on the front", ms=8))
-        ax.legend(handles=handles, fontsize=8, loc="lower right", framealpha=0.85,
-                  title="marker size = peak RSS", title_fontsize=8)
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  framealpha=0.85, title="size = peak RSS" if any(mems) else "memory not measured",
+                  title_fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
