@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 from ..errors import MissingDependencyError
@@ -224,6 +225,11 @@ def write_all(results: dict, out_dir) -> dict:
     plot_pareto(results, Path(files["png"]))
     write_html(results, Path(files["html"]), png=Path(files["png"]))
     write_json(results, Path(files["json"]))
+    for f in files.values():  # mkstemp made them 0600; reports are meant to be shared
+        try:
+            os.chmod(f, 0o644)
+        except OSError:
+            pass
     return files
 
 
