@@ -51,6 +51,19 @@ def onnx_file_name(precision: str, tower: str = "image") -> str:
 
 
 # ---------------------------------------------------------------- atomic writes
+_UMASK: int | None = None
+
+
+def usual_mode(*, directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give (umask applied). mkstemp/mkdtemp create
+    0600/0700 entries, which other users and services could not read."""
+    global _UMASK
+    if _UMASK is None:  # os.umask can only be read by setting it; do it once
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return (0o777 if directory else 0o666) & ~_UMASK
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -59,6 +72,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -111,6 +125,7 @@ def staged_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     """
     final_dir = check_writable_dir(final_dir)
     stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.staging-", dir=final_dir.parent))
+    os.chmod(stage, usual_mode(directory=True))
     try:
         yield stage
         old = None
@@ -286,6 +301,7 @@ class Artifact:
         dst = self.dir / name
         entry = file_entry(src, precision=precision, **extra)
         entry["file"] = name
+        os.chmod(src, usual_mode())
         os.replace(src, dst)
         m = read_manifest(self.dir)
         files = m.setdefault("files", {}) if tower == "image" else \
