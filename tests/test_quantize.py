@@ -198,7 +198,7 @@ def test_guard_keeps_sensitive_nodes_in_float(trained, digits_folder, tmp_path):
     chosen = [s for s in steps if s.get("chosen")]
     assert len(chosen) == 1 and chosen[0]["within_budget"]
     assert chosen[0]["kept_float_by_guard"] == len(q["kept_in_float"]["guard"]) > 0
-    assert q["sensitivity_top"][0]["input_error"] > 0
+    assert q["sensitivity_top"][0]["added_error"] > 0
     assert res["int8"]["fidelity"]["top1_agreement"] >= 0.99
     assert res["int8"]["labelled"]["drop_points"] <= 1.0
 

@@ -82,7 +82,7 @@ def budget_text(kind: str, max_drop: float) -> str:
     return f"mean cosine to FP32 >= {1 - max_drop:.4f} (max drop {max_drop})"
 
 
-def rank_sensitivity(float_model, quant_path, x: np.ndarray, candidates: list[str], *,
+def rank_by_input_error(float_model, quant_path, x: np.ndarray, candidates: list[str], *,
                      batch: int = 4) -> list[tuple[str, float]]:
     """Candidates (node names) ranked by the INT8 error at their own inputs, worst first.
 
@@ -136,6 +136,73 @@ def rank_sensitivity(float_model, quant_path, x: np.ndarray, candidates: list[st
         errs = [(num[p] / den[p]) ** 0.5 for p in ps if den.get(p, 0.0) > 0]
         if errs:
             scores.append((name, max(errs)))
+    scores.sort(key=lambda s: -s[1])
+    return scores
+
+
+def rank_by_added_error(float_model, quant_path, x: np.ndarray, candidates: list[str], *,
+                     batch: int = 4) -> list[tuple[str, float]]:
+    """Candidates ranked by the error each adds, worst first.
+
+    The float and the QDQ model run on calibration images with every activation exposed; a
+    node's score is the relative error of its output minus the largest relative error already on
+    its inputs. Measured on random-weight MobileNetV3 this ordering needs far fewer nodes in float
+    than ranking by input error alone (the error there is spread over many layers).
+    """
+    from .graph import float_tensor_outputs, onnx_mod, session, with_outputs
+
+    onnx = onnx_mod()
+    produced = float_tensor_outputs(float_model)           # tensor -> node
+    qm = onnx.load(str(quant_path))
+    q_tensors = {o for n in qm.graph.node for o in n.output}
+    names = [t for t in produced if t in q_tensors]
+    fs = session(with_outputs(float_model, names).SerializeToString())
+    qs = session(with_outputs(qm, names).SerializeToString())
+    in_name = fs.get_inputs()[0].name
+    f_out = [o.name for o in fs.get_outputs()]
+    q_out = [o.name for o in qs.get_outputs()]
+    err_num: dict[str, float] = {t: 0.0 for t in names}
+    err_den: dict[str, float] = {t: 0.0 for t in names}
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        fr = dict(zip(f_out, fs.run(None, {in_name: xb})))
+        qr = dict(zip(q_out, qs.run(None, {in_name: xb})))
+        for t in names:
+            a, b = fr.get(t), qr.get(t)
+            if a is None or b is None or a.shape != b.shape:
+                continue
+            a = a.astype(np.float64)
+            err_num[t] += float(((a - b) ** 2).sum())
+            err_den[t] += float((a ** 2).sum())
+    rel = {t: (err_num[t] / err_den[t]) ** 0.5 if err_den[t] > 0 else 0.0 for t in names}
+    by_node = {n.name: n for n in float_model.graph.node}
+    consumers: dict[str, list] = {}
+    for n in float_model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def seen_as(t: str) -> str | None:
+        # The quantizer folds Relu/Clip into the preceding node and renames its output to the
+        # activation's output: follow such single-consumer chains to the name the QDQ model has.
+        for _ in range(4):
+            if t in rel:
+                return t
+            c = consumers.get(t, [])
+            if len(c) != 1 or c[0].op_type not in ("Relu", "Clip", "Identity"):
+                return None
+            t = c[0].output[0]
+        return t if t in rel else None
+
+    scores = []
+    for name in candidates:
+        n = by_node.get(name)
+        if n is None:
+            continue
+        outs = [rel[t] for t in (seen_as(o) for o in n.output) if t]
+        if not outs:
+            continue
+        ins = [rel[i] for i in n.input if i in rel]
+        scores.append((name, max(outs) - (max(ins) if ins else 0.0)))
     scores.sort(key=lambda s: -s[1])
     return scores
 

@@ -144,7 +144,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         say("INT8: over budget; ranking nodes by the error each adds")
         cand = [n.name for n in model.graph.node
                 if n.op_type in SENSITIVE_OPS and n.name not in set(base_exclude)]
-        ranking = G.rank_sensitivity(model, trial, calib.calib[:RANK_IMAGES], cand)
+        ranking = G.rank_by_added_error(model, trial, calib.calib[:RANK_IMAGES], cand)
         if not ranking:
             raise QuantizationError("no quantized node found to keep in float (the QDQ graph "
                                     "has no activation QuantizeLinear/DequantizeLinear pairs)")
@@ -230,7 +230,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                    "resolution": (round(100.0 / len(calib.holdout), 3) if kind == "classifier"
                                   else None)},
         "guard_steps": [{k: v for k, v in s.items() if k not in ("out",)} for s in steps],
-        "sensitivity_top": [{"node": n, "input_error": round(e, 6)} for n, e in ranking[:20]],
+        "sensitivity": "added error (output minus input relative error, float vs QDQ)",
+        "sensitivity_top": [{"node": n, "added_error": round(e, 6)} for n, e in ranking[:20]],
         "fidelity": {**final["fidelity"], "images": len(calib.holdout),
                      "holdout_is_calibration": calib.holdout_is_calib, "reference": "fp32",
                      "engine": "onnxruntime-cpu"},
