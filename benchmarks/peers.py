@@ -300,6 +300,12 @@ def why(cfg: str, r: dict, ei: dict, model: str = "") -> str:
         return (" Why: INT8 does not pay off for this model on this CPU by this run's numbers; the "
                 "tuning run that made edgeinfer pick INT8 measured otherwise, so the two runs disagree "
                 "(noise) or the INT8 graph's float islands (kept for accuracy) cost more than they save.")
+    if cfg in ("ort_fp32", "ov_fp32") and ei.get("precision") == "fp32" and \
+            (cfg == "ov_fp32") != (ei.get("provider") == "openvino"):
+        return (" Why: the tuning run (`edgeinfer bench`, a few seconds per configuration) measured "
+                f"{ei.get('provider')}/fp32 faster than the other engine's FP32; this run measured the "
+                "opposite, so the two engines are within this machine's run-to-run noise for this model "
+                "(re-run the bench with a larger --budget on a quiet machine).")
     if cfg == "ort_fp32" and ei.get("provider") == "cpu":
         return (" Why: same engine and file; the difference is edgeinfer's session settings "
                 "(threads = physical cores, sequential executor) vs ORT's defaults, or noise.")
