@@ -424,3 +424,16 @@ def test_two_onnxruntime_packages_are_flagged(monkeypatch):
     monkeypatch.setattr(pv, "onnxruntime_dists", lambda: {"onnxruntime": "1.22", "onnxruntime-gpu": "1.22"})
     st = {s.name: s for s in pv._detect_ort()}
     assert "overwrite each other" in st["cpu"].reason
+
+
+def test_openvino_fp16_file_runs_in_the_cpus_half_type(monkeypatch):
+    """An FP16 file on a CPU with bf16 units computes in bf16; FP32/INT8 files stay f32; a CPU
+    without a half type runs the FP16 file in f32."""
+    from edgeinfer.backends import openvino as ov
+
+    monkeypatch.setattr(ov, "cpu_half_precision", lambda: "bf16")
+    assert ov.compile_config(device="CPU", precision="fp16")["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert ov.compile_config(device="CPU", precision="fp32")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert ov.compile_config(device="CPU", precision="int8")["INFERENCE_PRECISION_HINT"] == "f32"
+    monkeypatch.setattr(ov, "cpu_half_precision", lambda: None)
+    assert ov.compile_config(device="CPU", precision="fp16")["INFERENCE_PRECISION_HINT"] == "f32"
