@@ -230,3 +230,24 @@ def test_embedding_output_uses_cosine(tmp_path):
     ok = [r for r in res["rows"] if r["status"] == "ok"]
     assert ok and all(r["top1_agreement"] is None and r["cosine_mean"] is not None for r in ok)
     assert (tmp_path / "o" / "pareto.png").stat().st_size > 1000
+
+
+def test_cifar10_labels_give_labelled_metrics(tmp_path):
+    import pickle
+
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    art = make_tiny_artifact(tmp_path / "tiny", labels=cifar)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 255, (30, 3072), dtype=np.uint8),
+                     b"labels": [i % 10 for i in range(30)]}, f)
+    res = runner.run_bench(art, providers="cpu", precisions="fp32", labels=d, memory=False,
+                           out=tmp_path / "o", **FAST)
+    assert res["images"]["source"] == "cifar10" and res["images"]["n"] == 30
+    r = res["rows"][0]
+    assert r["status"] == "ok" and r["top1"] is not None and r["macro_f1"] is not None
+    with pytest.raises(EdgeInferError, match="photos"):   # no files: no pipeline
+        runner.run_bench(art, providers="cpu", precisions="fp32", labels=d, memory=False,
+                         pipeline=True, out=tmp_path / "o2", **FAST)

@@ -109,3 +109,59 @@ def test_evaluate_is_torch_free():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None; "
             "import edgeinfer.evaluate.metrics, edgeinfer.evaluate.fidelity, edgeinfer.evaluate.datasets")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _write_cifar(d, n=20):
+    import pickle
+
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                     b"labels": [i % 10 for i in range(n)]}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR]}, f)
+    return d
+
+
+def test_cifar10_batches(tmp_path):
+    d = _write_cifar(tmp_path / "cifar-10-batches-py")
+    labels = list(reversed(CIFAR))                     # the model's order differs from CIFAR's
+    ds = datasets.load_labelled(d, labels)
+    assert ds.source == "cifar10" and len(ds) == 20 and ds.in_memory
+    assert ds.paths[0].shape == (32, 32, 3) and ds.targets[:2] == [9, 8]
+    assert len(datasets.load_labelled(d, labels, limit=5)) == 5
+    with pytest.raises(datasets.DatasetError, match="airplane"):
+        datasets.load_labelled(d, [f"class{i}" for i in range(1000)])
+
+
+def test_fashion_mnist_idx(tmp_path):
+    import gzip
+
+    d = tmp_path / "fm"
+    d.mkdir()
+    n = 6
+    imgs = np.arange(n * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(n, 28, 28)
+    with gzip.open(d / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28)) + imgs.tobytes())
+    with gzip.open(d / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes([0, 1, 2, 9, 9, 5]))
+    ds = datasets.load_labelled(d, datasets.FASHION_MNIST_CLASSES)
+    assert ds.source == "fashion-mnist" and ds.targets == [0, 1, 2, 9, 9, 5]
+    assert ds.paths[1].shape == (28, 28, 3) and np.array_equal(ds.paths[1][:, :, 0], imgs[1])
+
+
+def test_csv_pixel_table(tmp_path):
+    p = tmp_path / "digits.csv"
+    rows = ["label," + ",".join(f"p{i}" for i in range(16))]
+    rows += [f"{k}," + ",".join(str((k * 16 + i) % 256) for i in range(16)) for k in range(3)]
+    rows += ["goldfish," + ",".join("7" for _ in range(16))]
+    p.write_text("\n".join(rows) + "\n")
+    ds = datasets.load_labelled(p, ["tench", "goldfish", "shark"])
+    assert ds.source == "csv" and ds.targets == [0, 1, 2, 1] and ds.paths[0].shape == (4, 4, 3)
+    p.write_text("label,a,b,c,d,e\n0,1,2,3,4,5\n")
+    with pytest.raises(datasets.DatasetError, match="square"):
+        datasets.load_labelled(p, ["x"])

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import (ArtifactError, EdgeInferError, InvalidOptionError, ProviderUnavailableError)
 from ..evaluate import fidelity as fid
-from ..evaluate.datasets import DatasetError, image_folder, synset_labels
+from ..evaluate.datasets import DatasetError, load_labelled, synset_labels
 from ..evaluate.metrics import classification_metrics
 from ..runtime.artifact import PRECISIONS, Artifact, atomic_write_json
 from . import timing
@@ -191,7 +191,7 @@ def eval_set(artifact: Artifact, *, images=None, labels=None, max_images: int | 
     targets = None
     source_desc: dict[str, Any]
     if labels is not None:
-        ds = image_folder(labels, class_names)
+        ds = load_labelled(labels, class_names, limit=max_images)
         paths, targets = list(ds.paths), list(ds.targets)
         source_desc = {"source": ds.source, "dir": str(labels), "labelled": True}
     elif images is not None:
@@ -222,14 +222,16 @@ def eval_set(artifact: Artifact, *, images=None, labels=None, max_images: int | 
             if targets is not None:
                 kept_t.append(targets[i])
         except EdgeInferError as e:
-            failed.append({"image": str(src), "error": str(e)})
+            failed.append({"image": str(src) if isinstance(src, (str, Path)) else f"#{i}",
+                           "error": str(e)})
     if not arrays:
         raise DatasetError(f"none of the {len(items)} images could be decoded "
                            f"(first error: {failed[0]['error'] if failed else '?'})")
     source_desc.update({"n": len(arrays), "failed": failed})
     return {"x": np.stack(arrays).astype(np.float32),
             "targets": np.asarray(kept_t, np.int64) if targets is not None else None,
-            "paths": [str(p) for p in paths] if paths is not None else None,
+            "paths": ([str(p) for p in paths] if paths is not None and paths
+                      and isinstance(paths[0], (str, Path)) else None),
             "desc": source_desc}
 
 
@@ -491,6 +493,9 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
 
     _say(progress, "preparing images")
     ev = eval_set(artifact, images=images, labels=labels, max_images=max_images)
+    if pipeline and not ev["paths"]:
+        raise BenchError("--pipeline needs a folder of photo files (--images DIR or an ImageFolder "
+                         "--labels DIR): it measures decoding them")
     x = ev["x"]
     targets = ev["targets"]
     out_kind = artifact.manifest.get("output", {}).get("kind", "logits")

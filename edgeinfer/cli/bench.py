@@ -22,8 +22,10 @@ def add_parser(p) -> None:
     p.add_argument("--images", default=None, metavar="DIR",
                    help="photos for accuracy/fidelity (files named <synset>_<label>.JPEG count as "
                         "labelled); default: generated images, fidelity only")
-    p.add_argument("--labels", default=None, metavar="DIR",
-                   help="labelled ImageFolder (DIR/<class>/<image>) for top-1/top-5/F1/MCC")
+    p.add_argument("--labels", default=None, metavar="PATH",
+                   help="labelled data for top-1/top-5/F1/MCC: an ImageFolder (DIR/<class>/<image>), "
+                        "CIFAR-10 python batches, Fashion-MNIST idx files, or a CSV pixel table "
+                        "(label + pixel columns)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ARTIFACT_DIR/bench)")
     p.add_argument("--pipeline", action="store_true",
                    help="also measure decode + preprocess + infer throughput over the photo files")

@@ -51,13 +51,163 @@ def _norm(s: str) -> str:
 
 @dataclass
 class LabelledSet:
-    paths: list[Path]
+    paths: list            # image files, or HxWx3 uint8 arrays (CIFAR-10 / Fashion-MNIST / CSV)
     targets: list[int]
-    source: str                 # "imagefolder" | "synset-names"
-    classes: list[str]          # class names for the targets' indices (the artifact's labels)
+    source: str            # "imagefolder" | "synset-names" | "cifar10" | "fashion-mnist" | "csv"
+    classes: list[str]     # class names for the targets' indices (the artifact's labels)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def in_memory(self) -> bool:
+        return bool(self.paths) and not isinstance(self.paths[0], (str, Path))
+
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]
+
+
+def _map_names(names: Sequence[str], class_names: Sequence[str], where: str) -> list[int]:
+    idx = [_class_index(n, class_names) for n in names]
+    missing = [n for n, i in zip(names, idx) if i is None]
+    if missing:
+        ex = ", ".join(repr(c) for c in list(class_names)[:5])
+        raise DatasetError(f"classes {', '.join(missing)} of {where} match none of the artifact's "
+                           f"{len(class_names)} labels (e.g. {ex}); this dataset needs a model trained "
+                           f"on its classes")
+    return idx  # type: ignore[return-value]
+
+
+def _subsample(n: int, limit: int | None):
+    import numpy as np
+
+    if limit and n > limit:
+        return np.linspace(0, n - 1, limit).round().astype(int)
+    return np.arange(n)
+
+
+def cifar10(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
+    """CIFAR-10 python batches (``cifar-10-batches-py``: ``test_batch`` + ``batches.meta``), or
+    one batch file."""
+    import pickle
+
+    import numpy as np
+
+    path = Path(path)
+    batch = path / "test_batch" if path.is_dir() else path
+    meta = batch.parent / "batches.meta"
+    try:
+        with open(batch, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+        if meta.exists():
+            with open(meta, "rb") as f:
+                names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+        data = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = list(d[b"labels"])
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        raise DatasetError(f"{batch} is not a CIFAR-10 python batch: {e}") from e
+    mapping = _map_names(names, class_names, f"CIFAR-10 ({path})")
+    sel = _subsample(len(labels), limit)
+    return LabelledSet([np.ascontiguousarray(data[i]) for i in sel], [mapping[labels[i]] for i in sel],
+                       "cifar10", list(class_names))
+
+
+def _read_idx(path: Path):
+    import gzip
+
+    import numpy as np
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
+    """Fashion-MNIST idx files (``t10k-images-idx3-ubyte[.gz]`` + ``t10k-labels-idx1-ubyte[.gz]``)."""
+    import numpy as np
+
+    path = Path(path)
+    imgs = sorted(path.glob("t10k-images-idx3-ubyte*")) or sorted(path.glob("*images-idx3-ubyte*"))
+    labs = sorted(path.glob("t10k-labels-idx1-ubyte*")) or sorted(path.glob("*labels-idx1-ubyte*"))
+    if not imgs or not labs:
+        raise DatasetError(f"{path} has no *-images-idx3-ubyte / *-labels-idx1-ubyte files")
+    try:
+        x, y = _read_idx(imgs[0]), _read_idx(labs[0])
+    except (OSError, ValueError, IndexError) as e:
+        raise DatasetError(f"cannot read Fashion-MNIST idx files in {path}: {e}") from e
+    mapping = _map_names(FASHION_MNIST_CLASSES, class_names, f"Fashion-MNIST ({path})")
+    sel = _subsample(len(y), limit)
+    return LabelledSet([np.repeat(x[i][:, :, None], 3, axis=2) for i in sel],
+                       [mapping[int(y[i])] for i in sel], "fashion-mnist", list(class_names))
+
+
+def csv_pixels(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
+    """A CSV pixel table: a ``label`` column (class index into the artifact's labels, or a class
+    name) and H*W (grey, square) or H*W*3 (RGB, square) pixel columns 0..255."""
+    import csv
+
+    import numpy as np
+
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise DatasetError(f"{path} has no data rows")
+    head = [h.strip().lower() for h in rows[0]]
+    if "label" not in head:
+        raise DatasetError(f"{path}: no 'label' column in the header")
+    li = head.index("label")
+    body = rows[1:]
+    sel = _subsample(len(body), limit)
+    imgs, targets = [], []
+    for i in sel:
+        r = body[i]
+        lab = r[li].strip()
+        pix = np.asarray([float(v) for j, v in enumerate(r) if j != li], np.float32)
+        n = pix.size
+        side = int(round((n / 3) ** 0.5)) if n % 3 == 0 and int(round((n / 3) ** 0.5)) ** 2 * 3 == n else None
+        if side:
+            img = pix.reshape(side, side, 3)
+        elif int(round(n ** 0.5)) ** 2 == n:
+            side = int(round(n ** 0.5))
+            img = np.repeat(pix.reshape(side, side, 1), 3, axis=2)
+        else:
+            raise DatasetError(f"{path}: {n} pixel columns are neither a square grey nor RGB image")
+        if lab.lstrip("-").isdigit():
+            t = int(lab)
+            if not 0 <= t < len(class_names):
+                raise DatasetError(f"{path}: label {t} is outside the artifact's {len(class_names)} classes")
+        else:
+            t = _map_names([lab], class_names, str(path))[0]
+        imgs.append(np.clip(img, 0, 255).astype(np.uint8))
+        targets.append(t)
+    return LabelledSet(imgs, targets, "csv", list(class_names))
+
+
+def load_labelled(path, class_names: Sequence[str] | None, *, limit: int | None = None) -> LabelledSet:
+    """Any supported labelled set: ImageFolder / synset-named photos, CIFAR-10 python batches,
+    Fashion-MNIST idx files, or a CSV pixel table."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"labelled data {p} does not exist")
+    if not class_names:
+        raise InvalidOptionError("this artifact has no class labels (e.g. an embedding model); "
+                                 "labelled metrics need a classifier. Use fidelity instead "
+                                 "(omit --labels).")
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return csv_pixels(p, class_names, limit=limit)
+    if (p.is_file() and (p.name.startswith(("test_batch", "data_batch")))) or \
+            (p.is_dir() and (p / "test_batch").exists()):
+        return cifar10(p, class_names, limit=limit)
+    if p.is_dir() and any(p.glob("*-idx3-ubyte*")):
+        return fashion_mnist(p, class_names, limit=limit)
+    return image_folder(p, class_names)
 
 
 def _class_index(name: str, class_names: Sequence[str] | None) -> int | None:
