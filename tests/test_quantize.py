@@ -405,3 +405,40 @@ def test_openvino_target_measures_nncf_and_ort(trained, digits_folder, tmp_path)
     assert res["int8"]["fidelity"]["reference"] == "fp32 on openvino"
     assert res["int8"]["labelled"]["drop_points"] <= 1.0
     assert not list(art.glob(".quantize-*"))
+
+
+def test_pre_process_leftovers_never_land_in_the_current_directory(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference drops sym_shape_infer_temp.onnx + <uuid>.data into the
+    current directory when it fails (seen with the CLIP text tower: 253 MB each time)."""
+    import shutil as _sh
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeinfer.quantize import int8 as I
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    src = tmp_path / "src.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    work = tmp_path / "work"
+    work.mkdir()
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    monkeypatch.chdir(user_dir)
+    calls = []
+
+    def fake_qpp(inp, out, **kw):
+        calls.append(kw)
+        with open("sym_shape_infer_temp.onnx", "wb") as f:  # what ORT does, relative to cwd
+            f.write(b"junk")
+        if not kw:
+            raise RuntimeError("Incomplete symbolic shape inference")
+        _sh.copy(inp, out)
+
+    monkeypatch.setattr(I, "_ort_quant", lambda: (None, fake_qpp))
+    info = I.prepare(src, work / "pre.onnx")
+    assert len(calls) == 2 and info["pre_process_errors"]
+    assert list(user_dir.iterdir()) == []
+    assert (work / "pre.onnx").exists()

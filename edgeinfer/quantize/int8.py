@@ -7,6 +7,9 @@ float until the hold-out fidelity fits the budget).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import logging
 import shutil
 import time
@@ -44,6 +47,16 @@ def _ort_quant():
     return q, quant_pre_process
 
 
+@contextlib.contextmanager
+def _cwd(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 def prepare(fp32_path: str | Path, out_path: str | Path) -> dict:
     """quant_pre_process (symbolic shape inference + ORT basic optimizations), then name nodes.
 
@@ -55,7 +68,12 @@ def prepare(fp32_path: str | Path, out_path: str | Path) -> dict:
     errors = []
     for kw in attempts:
         try:
-            qpp(str(fp32_path), str(out_path), **kw)
+            # ORT's symbolic shape inference writes sym_shape_infer_temp.onnx plus a <uuid>.data
+            # file (hundreds of MB for CLIP) into the *current directory* and leaves them there
+            # when it fails: run it from the private work directory so nothing leaks into the
+            # user's folder.
+            with _cwd(Path(out_path).resolve().parent):
+                qpp(str(Path(fp32_path).resolve()), str(Path(out_path).resolve()), **kw)
             break
         except Exception as e:  # noqa: BLE001 - any failure: try the next, simpler variant
             errors.append(f"{kw or 'full'}: {type(e).__name__}: {str(e)[:200]}")
