@@ -248,6 +248,6 @@ def test_cifar10_labels_give_labelled_metrics(tmp_path):
     assert res["images"]["source"] == "cifar10" and res["images"]["n"] == 30
     r = res["rows"][0]
     assert r["status"] == "ok" and r["top1"] is not None and r["macro_f1"] is not None
-    with pytest.raises(EdgeInferError, match="photos"):   # no files: no pipeline
+    with pytest.raises(EdgeInferError, match="photo files"):   # no files: no pipeline
         runner.run_bench(art, providers="cpu", precisions="fp32", labels=d, memory=False,
                          pipeline=True, out=tmp_path / "o2", **FAST)
