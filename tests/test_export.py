@@ -437,3 +437,15 @@ def test_cli_json_is_clean_stdout(tiny, tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["random_weights"] is True and s["files"]["fp32"]["parity"]["cosine_min"] >= 0.9999
     assert s["artifact"] == str(tmp_path / "a")
+
+
+def test_cli_clip_label_set_and_template_options():
+    from edgeinfer.cli.export import _label_sets, _templates
+    from edgeinfer.errors import InvalidOptionError
+
+    assert _label_sets(None) is None and _label_sets("") == []
+    assert _label_sets("imagenet, cifar10") == ["imagenet", "cifar10"]
+    assert _templates("imagenet=simple_imagenet") == {"imagenet": "simple_imagenet"}
+    assert _templates(None) is None
+    with pytest.raises(InvalidOptionError, match="LABEL_SET=TEMPLATE_SET"):
+        _templates("imagenet")

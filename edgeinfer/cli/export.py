@@ -21,6 +21,13 @@ def add_parser(p) -> None:
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"),
                    help="ONNX exporter: auto (torch.export-based, falling back to TorchScript), "
                         "dynamo or torchscript")
+    c = p.add_argument_group("CLIP")
+    c.add_argument("--label-sets", default=None, metavar="SETS",
+                   help="label sets whose text embeddings go into the artifact, comma-separated "
+                        "(default: the recipe's, imagenet,cifar10; '' for none)")
+    c.add_argument("--templates", default=None, metavar="SET=TEMPLATES",
+                   help="prompt-template set per label set, e.g. imagenet=simple_imagenet (7 "
+                        "templates instead of OpenAI's 80: ~10x faster export on a CPU)")
     q = p.add_argument_group("quantization (same as `edgeinfer quantize`)")
     q.add_argument("--int8", action="store_true", help="also write an INT8 file (calibrated, accuracy-guarded)")
     q.add_argument("--fp16", action="store_true", help="also write an FP16 file")
@@ -141,6 +148,25 @@ def print_summary(console, s: dict) -> None:
             console.print(f"[yellow]warning:[/] {escape(wmsg)}")
 
 
+def _label_sets(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _templates(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    from edgeinfer.errors import InvalidOptionError
+
+    out = {}
+    for item in text.split(","):
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise InvalidOptionError(f"--templates item {item!r}: expected LABEL_SET=TEMPLATE_SET, "
+                                     f"e.g. imagenet=simple_imagenet")
+        out[k.strip()] = v.strip()
+    return out
+
+
 def run(args) -> int:
     from rich.console import Console
 
@@ -152,7 +178,9 @@ def run(args) -> int:
         out = export_model(args.model, weights=args.weights, out=args.out, images=args.images,
                            opset=args.opset, seed=args.seed, int8=args.int8, fp16=args.fp16,
                            calib=args.calib, calib_size=args.calib_size, target=args.target,
-                           max_drop=args.max_drop, progress=steps, exporter=args.exporter)
+                           max_drop=args.max_drop, progress=steps, exporter=args.exporter,
+                           label_sets=_label_sets(args.label_sets),
+                           templates=_templates(args.templates))
     s = summary(out, read_manifest(out))
     if args.json:
         json.dump(s, sys.stdout, indent=2)

@@ -87,12 +87,15 @@ def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
                  opset: int | None = None, seed: int = 0, int8: bool = False, fp16: bool = False,
                  calib: str | os.PathLike | None = None, calib_size: int | None = None,
                  target: str = "auto", max_drop: float | None = None,
-                 progress: Progress = None, exporter: str = "auto") -> Path:
+                 progress: Progress = None, exporter: str = "auto",
+                 label_sets: list[str] | None = None, templates: dict[str, str] | None = None) -> Path:
     """Export ``model_name`` to an artifact directory and return its path.
 
     ``weights``: "pretrained" | "random" | a state-dict / safetensors path. ``out`` defaults to
     ``artifacts/<model>``. ``images``: folder for the parity check (generated images when None).
     ``opset``: None = the recipe's opset raised to the exporter's native one (18).
+    ``label_sets`` / ``templates`` (CLIP only): label sets whose text embeddings are stored, and
+    template set per label set (e.g. {"imagenet": "simple_imagenet"}); None = the recipe's.
     """
     from .onnx_export import DYNAMO_OPSET, MIN_OPSET, onnx_from_torch
     from .parity import check_parity, check_tolerance, compare_outputs, onnx_outputs, parity_inputs
@@ -184,7 +187,8 @@ def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
 
             _say(progress, "exporting the CLIP text tower and label embeddings")
             t0 = time.perf_counter()
-            add_text_tower(built, stage, manifest, progress=progress)
+            add_text_tower(built, stage, manifest, progress=progress, label_sets=label_sets,
+                           templates=templates)
             manifest["export"]["text_seconds"] = round(time.perf_counter() - t0, 2)
             write_manifest(stage, manifest)
 
