@@ -312,3 +312,15 @@ def test_fp32_same_top1_as_pytorch_on_photos_through_cpu_and_openvino(tmp_path, 
         top2 = np.sort(ref, 1)[:, -2:]
         assert all(a or (t[1] - t[0]) < 1e-4 for a, t in zip(agree, top2)), (prov, agree.mean())
         print(f"{prov}: cosine min {cos.min():.7f}, top-1 agreement {agree.mean():.3f} on {len(photos)} photos")
+
+
+def test_default_batch_size_is_small_on_cpu_engines_and_large_on_gpus(tiny):
+    from edgeinfer.runtime.model import default_batch_size
+
+    assert default_batch_size("cpu", None) == 1
+    assert default_batch_size("openvino", "CPU") == 1
+    assert default_batch_size("openvino", "GPU.0") == 16
+    assert default_batch_size("cuda", "0") == 16 and default_batch_size("tensorrt", "0") == 16
+    with edgeinfer.load(tiny, provider="cpu") as m:
+        assert m.batch_size == 1
+        assert len(m.classify([make_image(i) for i in range(11)])) == 11  # > one decode chunk
