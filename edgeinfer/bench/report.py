@@ -289,9 +289,16 @@ def observations(results: dict) -> list[str]:
         b = t.get("batch", 1)
         pr = next((r for r in py if r["batch"] == b), None)
         if pr:
-            notes.append(f"Chosen configuration ({t['provider']}/{t['precision']}) is "
-                         f"{pr['latency_median_ms'] / t['latency_ms']:.2f}x faster than PyTorch eager "
-                         f"at batch {b}.")
+            ratio = pr["latency_median_ms"] / t["latency_ms"]
+            if ratio >= 1:
+                notes.append(f"Chosen configuration ({t['provider']}/{t['precision']}) is {ratio:.2f}x "
+                             f"faster than PyTorch eager at batch {b}.")
+            else:
+                notes.append(f"PyTorch eager is FASTER than the chosen configuration "
+                             f"({t['provider']}/{t['precision']}) at batch {b}: "
+                             f"{ms(pr['latency_median_ms'])} ms vs {ms(t['latency_ms'])} ms. (PyTorch "
+                             f"is timed in its own process, not interleaved with the engines: compare "
+                             f"on a quiet machine.)")
     return list(dict.fromkeys(notes))
 
 
