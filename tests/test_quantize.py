@@ -442,3 +442,19 @@ def test_pre_process_leftovers_never_land_in_the_current_directory(tmp_path, mon
     assert len(calls) == 2 and info["pre_process_errors"]
     assert list(user_dir.iterdir()) == []
     assert (work / "pre.onnx").exists()
+
+
+def test_cli_summary_of_an_openvino_target_entry_without_budget_text():
+    """The NNCF (OpenVINO target) path records no budget text; the summary must not crash."""
+    import io
+
+    from rich.console import Console
+
+    from edgeinfer.cli.quantize import print_summary
+
+    entry = {"file": "model.int8.onnx", "size_bytes": 1000, "precision": "int8",
+             "quantization": {"choice": "kept nncf", "budget_metric_reason": "random weights",
+                              "fidelity": {"cosine_mean": 0.999, "cosine_min": 0.998}}}
+    buf = io.StringIO()
+    print_summary({"int8": entry}, Console(file=buf, width=200))
+    assert "kept nncf" in buf.getvalue() and "random weights" in buf.getvalue()

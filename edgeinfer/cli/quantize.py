@@ -98,4 +98,6 @@ def print_summary(res: dict, console) -> None:
         if q.get("choice"):
             console.print(f"{prec}: {q['choice']}")
         if q.get("budget_metric_reason"):
-            console.print(f"{prec}: guard budget: {q['budget']['text']} ({q['budget_metric_reason']})")
+            budget = (q.get("budget") or {}).get("text")  # the OpenVINO/NNCF path records no budget text
+            console.print(f"{prec}: guard budget: {budget + ' ' if budget else ''}"
+                          f"({q['budget_metric_reason']})")
