@@ -159,6 +159,15 @@ def test_read_only_output_dir(tiny, tmp_path):
         ro.chmod(0o700)
 
 
+def test_output_location_that_cannot_be_created(tiny, tmp_path):
+    """Runs as root too (CI): a path below a regular file can never be created."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ArtifactError, match="--out"):
+        pipeline.export_model("resnet18", weights="random", out=blocker / "sub" / "art")
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_bad_options_fail_before_work(tiny, tmp_path):
     with pytest.raises(InvalidOptionError, match="target"):
         pipeline.export_model("resnet18", weights="random", out=tmp_path / "a", target="gpu9")
