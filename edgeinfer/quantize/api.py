@@ -119,6 +119,14 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
     say(f"FP32 reference on {len(cs.holdout)} hold-out images")
     ref = run_model(fp32, cs.holdout)
     acc32 = G.labelled_accuracy(ref, cs.holdout_labels) if (cs.labelled and fkind == "classifier") else None
+
+    def labelled(out) -> dict:
+        """Labelled top-1 of a converted model's outputs vs FP32's on the held-out images."""
+        acc = G.labelled_accuracy(out, cs.holdout_labels)
+        return {"images": sum(y is not None for y in cs.holdout_labels), "fp32_top1": acc32,
+                "top1": acc, "drop_points": round((acc32 - acc) * 100, 3),
+                "random_weights": art.random_weights}
+
     work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=art.dir))
     pending: list[tuple[Path, str, str, dict]] = []   # (tmp file, precision, tower, extra)
     try:
@@ -143,11 +151,7 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             extra = {"quantization": {**info, **common}, "fidelity": info["fidelity"],
                      "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
             if acc32 is not None:
-                acc = G.labelled_accuracy(out, cs.holdout_labels)
-                extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
-                                     "fp32_top1": acc32, "top1": acc,
-                                     "drop_points": round((acc32 - acc) * 100, 3),
-                                     "random_weights": art.random_weights}
+                extra["labelled"] = labelled(out)
             pending.append((tmp, "int8", "image", extra))
         if fp16:
             from .fp16 import convert_fp16
@@ -159,11 +163,7 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             extra = {"conversion": {**info, **common}, "fidelity": info["fidelity"],
                      "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
             if acc32 is not None:
-                acc = G.labelled_accuracy(out, cs.holdout_labels)
-                extra["labelled"] = {"images": sum(y is not None for y in cs.holdout_labels),
-                                     "fp32_top1": acc32, "top1": acc,
-                                     "drop_points": round((acc32 - acc) * 100, 3),
-                                     "random_weights": art.random_weights}
+                extra["labelled"] = labelled(out)
             pending.append((tmp, "fp16", "image", extra))
         if "fp32" in art.files("text"):
             pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say))
