@@ -16,7 +16,7 @@ setup: $(VENV)/bin/python
 	$(PIP) install -q -c constraints.txt -e '.[export,openvino,bench,test]'
 
 demo: setup
-	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL)
+	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 --fp16 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL)
 	$(VENV)/bin/edgeinfer bench artifacts/$(MODEL) --provider all --precision all $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) ) --out artifacts/$(MODEL)/bench
 
 test: setup

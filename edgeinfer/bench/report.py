@@ -510,8 +510,12 @@ def console_table(results: dict):
         cols += ["top-1", "F1"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("engine", "prec") else "right")
+    unavailable: dict[tuple, list[str]] = {}  # (provider, reason) -> precisions: one line each
     for r in results["rows"]:
         name = r["provider"] + (" *" if r.get("selected") else "")
+        if r["status"] == "skipped":
+            unavailable.setdefault((r["provider"], r.get("error") or ""), []).append(r["precision"])
+            continue
         if r["status"] != "ok":
             t.add_row(name, r["precision"], str(r["batch"]),
                       f"[red]{r['status']}[/red]: {(r.get('error') or '')[:90]}")
@@ -523,4 +527,8 @@ def console_table(results: dict):
         if labelled:
             cells += [fmt(r["top1"], 1, True), fmt(r["macro_f1"], 3)]
         t.add_row(*cells, style="bold green" if r.get("selected") else None)
+    if unavailable:
+        lines = [f"skipped {prov} ({', '.join(sorted(set(precs)))}): {why}"
+                 for (prov, why), precs in unavailable.items()]
+        t.caption = (t.caption or "") + "\n" + "\n".join(lines)
     return t
