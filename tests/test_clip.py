@@ -366,3 +366,20 @@ def test_bad_templates(model):
         with pytest.raises(InvalidOptionError, match="placeholder"):
             text_embeddings(model, ["cat", "dog"], templates=bad)
     assert text_embeddings(model, ["{x}", "dog"], templates=["a {{literal}} {}"]).shape == (2, 32)
+
+
+def test_bench_measures_both_towers(tiny, tmp_path):
+    """`edgeinfer bench` on a CLIP artifact has image rows and text-tower rows (issue 6)."""
+    from edgeinfer.bench import run_bench
+
+    _, art = tiny
+    res = run_bench(art, providers="cpu", precisions="fp32", batches=(1,), out=tmp_path / "b",
+                    memory=False, torch_baseline=False, write_tuning_file=False, budget_s=0.2,
+                    rounds=1, max_images=4)
+    assert any(r["status"] == "ok" for r in res["rows"])
+    text = res["text_tower"]
+    assert text and all(r["status"] == "ok" for r in text), text
+    assert {r["batch"] for r in text} == {1, 16}
+    assert all(r["latency_median_ms"] > 0 and r["cosine_min"] > 0.9999 for r in text)
+    assert "CLIP text tower" in (tmp_path / "b" / "report.html").read_text()
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["text_tower"]

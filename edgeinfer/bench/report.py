@@ -465,6 +465,20 @@ def write_html(results: dict, path: Path, *, png: Path | None = None) -> Path:
                      "shown separately.</p>"
                      + _table(["engine", "precision", "images", "images/s (end to end)",
                                "images/s (decode+preprocess)", "failures"], prow, left={0, 1}))
+    if results.get("text_tower"):
+        trow = []
+        for r in results["text_tower"]:
+            if r["status"] != "ok":
+                trow.append([r["provider"], r["precision"], "–",
+                             f"<td class='msg' colspan='3'>error: {_e(r.get('error') or '')}</td>"])
+            else:
+                trow.append([r["provider"], r["precision"], str(r["batch"]), ms(r["latency_median_ms"]),
+                             fmt(r["prompts_per_s"], 1), fmt(r.get("cosine_min"), 5)])
+        parts.append("<h2>CLIP text tower</h2><p class='sub'>Encoding label prompts (runs once per "
+                     "label list; the embeddings are cached). Cosine min is against the FP32 text "
+                     "tower on 16 prompts.</p>"
+                     + _table(["engine", "precision", "prompts per batch", "median ms",
+                               "prompts/s", "cosine min"], trow, left={0, 1}))
     parts.append(_confusion_html(results))
     parts.append(_machine_html(results))
     parts.append("<h2>Settings</h2><pre>" + _e(json.dumps(results["settings"], indent=1)) + "</pre>")

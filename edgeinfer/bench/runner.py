@@ -638,6 +638,15 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
                 ok_combos.append(k)
         pipe = pipeline_rows(artifact, ev["paths"], ok_combos, threads=threads, progress=progress)
 
+    text_rows = []
+    if artifact.files("text"):
+        from .text_tower import text_tower_rows
+
+        ok_provs = list(dict.fromkeys(r["provider"] for r in rows
+                                      if r["status"] == "ok" and r["provider"] != "pytorch"))
+        text_rows = text_tower_rows(artifact, ok_provs, threads=threads, budget_s=budget,
+                                    progress=(lambda m: _say(progress, m)))
+
     labelled = targets is not None and out_kind == "logits"
     random_w = artifact.random_weights
     if labelled and not random_w:
@@ -671,6 +680,7 @@ def run_bench(artifact_dir, *, providers="auto", precisions="all", batches=(1,),
         "tuning": {"key": tuning_key(), "entry": tuning,
                    "file": str(tuning_path) if tuning_path else None},
         "pipeline": pipe,
+        "text_tower": text_rows,
         "elapsed_s": None,
         "files": {},
     }

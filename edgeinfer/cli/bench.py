@@ -72,6 +72,13 @@ def run(args) -> int:
                               f"end to end ({p['preprocess_images_per_s']:.1f} images/s decode+preprocess)")
             else:
                 console.print(f"pipeline {p['provider']}/{p['precision']}: [red]{p['error']}")
+    for r in res.get("text_tower") or []:
+        if r["status"] == "ok":
+            console.print(f"text tower {r['provider']}/{r['precision']} batch {r['batch']}: "
+                          f"{r['latency_median_ms']:.2f} ms ({r['prompts_per_s']:.1f} prompts/s), "
+                          f"cosine min {r.get('cosine_min', float('nan')):.5f}")
+        else:
+            console.print(f"text tower {r['provider']}/{r['precision']}: [red]{r['error']}")
     t = (res.get("tuning") or {}).get("entry")
     if t:
         console.print(f"measured pick: [bold]{t['provider']}/{t['precision']}[/bold] "

@@ -1,0 +1,68 @@
+"""CLIP text tower rows for `edgeinfer bench`: latency per prompt batch and fidelity to FP32.
+
+Kept apart from the image rows on purpose: the text tower runs once per label list (its
+embeddings are cached), so it must not compete with the image tower for the tuned pick.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..backends import SessionOptions, create_session
+from . import timing
+
+# Realistic label prompts, varied in length (fidelity is measured on these).
+FIDELITY_PROMPTS = [f"a photo of a {w}." for w in (
+    "dog", "cat", "beach at sunset", "birthday cake with candles", "receipt from a grocery store",
+    "mountain lake in autumn", "handwritten document", "red sports car", "plate of sushi",
+    "child playing football in the park", "snowy street at night", "bird on a branch",
+    "screenshot of a phone", "wedding ceremony", "passport page", "city skyline")]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def text_tower_rows(artifact, providers: Sequence[str], *, batches: Sequence[int] = (1, 16),
+                    threads: int | None = None, budget_s: float = timing.BUDGET_S,
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """One row per available engine x text precision x prompt batch size."""
+    from ..runtime.zero_shot import text_feeds
+
+    files = artifact.files("text")
+    if not files:
+        return []
+    fid_feeds = text_feeds(artifact, len(FIDELITY_PROMPTS), texts=FIDELITY_PROMPTS)
+    ref = None
+    rows: list[dict] = []
+    for prov in providers:
+        for prec in [p for p in ("fp32", "fp16", "int8") if p in files]:
+            row = {"tower": "text", "provider": prov, "precision": prec, "status": "ok"}
+            try:
+                path = artifact.path(prec, "text")
+                with create_session(path, provider=prov, options=SessionOptions(threads=threads),
+                                    precision=prec) as s:
+                    out = s.run_feeds(fid_feeds)[0]
+                    if prec == "fp32" and ref is None:
+                        ref = out
+                    for b in batches:
+                        feeds = text_feeds(artifact, int(b))
+                        if progress:
+                            progress(f"text tower {prov}/{prec} batch {b}")
+                        lat = timing.measure(lambda: s.run_feeds(feeds), budget_s=budget_s)
+                        rows.append({**row, "batch": int(b), "latency_median_ms": lat["median_ms"],
+                                     "latency_p90_ms": lat["p90_ms"], "runs": lat["runs"],
+                                     "prompts_per_s": 1000.0 * int(b) / lat["median_ms"],
+                                     "_out": out})
+            except Exception as e:  # noqa: BLE001 - an engine failing shows in its rows only
+                rows.append({**row, "status": "error", "batch": None,
+                             "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    for r in rows:
+        out = r.pop("_out", None)
+        if out is not None and ref is not None:
+            c = _cosine(ref, out)
+            r["cosine_mean"], r["cosine_min"] = float(c.mean()), float(c.min())
+    return rows
