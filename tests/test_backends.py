@@ -437,3 +437,12 @@ def test_openvino_fp16_file_runs_in_the_cpus_half_type(monkeypatch):
     assert ov.compile_config(device="CPU", precision="int8")["INFERENCE_PRECISION_HINT"] == "f32"
     monkeypatch.setattr(ov, "cpu_half_precision", lambda: None)
     assert ov.compile_config(device="CPU", precision="fp16")["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_int8_guard_record_from_the_quantizer_is_recognised():
+    from edgeinfer.backends.providers import int8_guard_ok
+
+    ok, why = int8_guard_ok({"quantization": {"budget": {"text": "mean cosine to FP32 >= 0.9900"}}})
+    assert ok and "passed" in why and "0.9900" in why
+    assert int8_guard_ok({"guard": {"passed": False}})[0] is False
+    assert int8_guard_ok({})[1] == "INT8 file has no guard record"

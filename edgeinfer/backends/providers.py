@@ -317,6 +317,10 @@ def int8_guard_ok(entry: dict | None) -> tuple[bool, str]:
             for k in ("passed", "within_budget", "ok"):
                 if k in v:
                     return bool(v[k]), f"INT8 accuracy guard {'passed' if v[k] else 'failed'}"
+    budget = (entry.get("quantization") or {}).get("budget")
+    if isinstance(budget, dict) and budget.get("text"):
+        # `edgeinfer quantize` only adds an INT8 file that met its budget
+        return True, f"INT8 accuracy guard passed at quantization ({budget['text']})"
     return True, "INT8 file has no guard record"
 
 
