@@ -445,4 +445,4 @@ def test_int8_guard_record_from_the_quantizer_is_recognised():
     ok, why = int8_guard_ok({"quantization": {"budget": {"text": "mean cosine to FP32 >= 0.9900"}}})
     assert ok and "passed" in why and "0.9900" in why
     assert int8_guard_ok({"guard": {"passed": False}})[0] is False
-    assert int8_guard_ok({})[1] == "INT8 file has no guard record"
+    assert int8_guard_ok({"file": "model.int8.onnx"})[1] == "INT8 file has no guard record"
