@@ -32,20 +32,9 @@ def photo_paths(photos_dir) -> list[Path]:
 
 def make_image(seed: int, size=(320, 240), mode="RGB"):
     """A generated natural-ish image (smooth gradients + shapes + noise), deterministic."""
-    from PIL import Image, ImageDraw
+    from edgeinfer.export.parity import synthetic_image
 
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([(x / w) * 255 * rng.random(), (y / h) * 255 * rng.random(),
-                     ((x + y) / (w + h)) * 255 * rng.random()], -1)
-    img = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        d.ellipse([x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))],
-                  fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return img.convert(mode)
+    return synthetic_image(np.random.default_rng(seed), *size).convert(mode)
 
 
 @pytest.fixture
