@@ -9,8 +9,6 @@ guard keeps the sensitive nodes in float until the budget is met.
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
-import os
 import shutil
 import tempfile
 import time

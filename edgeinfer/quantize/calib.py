@@ -131,7 +131,7 @@ def _folder_items(folder: Path, notes: list[str], limit: int | None = None
     for p in paths:
         try:
             img = load_image(p)
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError):
             corrupt.append(str(p.relative_to(folder)))
             continue
         label = p.parent.name if p.parent != folder else p.stem

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import AccuracyBudgetError, MissingDependencyError, QuantizationError
 from . import guard as G
 from .calib import ArrayDataReader, CalibrationSet
-from .graph import float_keep_nodes, load, name_nodes, onnx_mod, run_model, session
+from .graph import float_keep_nodes, load, name_nodes, onnx_mod, run_model
 from .settings import Int8Settings
 
 # Node types whose INT8 version can add error (data-movement ops only pass quantized values on).

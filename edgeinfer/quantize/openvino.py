@@ -123,7 +123,6 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
             f"INT8 for OpenVINO meets no accuracy budget ({G.budget_text(budget_kind, max_drop)}): "
             f"{summary}")
     best = min(ok, key=lambda k: ok[k]["latency_ms"])
-    other = [k for k in cands if k != best]
     def _desc(k: str) -> str:
         c = cands[k]
         state = "within budget" if c["ok"] else (
@@ -131,7 +130,7 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
             f"over budget, drop {G.drop(c['fid'], budget_kind)}")
         return f"{k} {c['latency_ms']:.2f} ms ({state})"
 
-    why = (f"fastest within budget on OpenVINO CPU: " + "; ".join(_desc(k) for k in cands)
+    why = ("fastest within budget on OpenVINO CPU: " + "; ".join(_desc(k) for k in cands)
            + f"; FP32 {fp32_ms:.2f} ms (batch 1, median of {TIMING_RUNS} runs, noisy)")
     for k, e in (("onnxruntime", err_a), ("nncf", err_b)):
         if e:
