@@ -105,9 +105,11 @@ def top_k(probs: np.ndarray, k: int, labels: Sequence[str] | None) -> list[tuple
 class Model:
     """A loaded artifact on one engine. Create with ``edgeinfer.load``."""
 
-    def __init__(self, artifact: Artifact, session, selection, *, batch_size: int = DEFAULT_BATCH_SIZE,
+    def __init__(self, artifact: Artifact, session, selection, *, batch_size: int | None = None,
                  decode_workers: int | None = None, draft: bool = True,
                  session_options: Any = None):
+        if batch_size is None:
+            batch_size = default_batch_size(selection.provider, selection.device)
         if int(batch_size) < 1:
             raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
         self.artifact = artifact
