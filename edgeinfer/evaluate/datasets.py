@@ -190,16 +190,20 @@ def csv_pixels(path, class_names: Sequence[str], *, limit: int | None = None) ->
     return LabelledSet(imgs, targets, "csv", list(class_names))
 
 
+def _require_class_names(class_names) -> None:
+    if not class_names:
+        raise InvalidOptionError("this artifact has no class labels (e.g. an embedding model); "
+                                 "labelled metrics need a classifier. Use fidelity instead "
+                                 "(omit --labels).")
+
+
 def load_labelled(path, class_names: Sequence[str] | None, *, limit: int | None = None) -> LabelledSet:
     """Any supported labelled set: ImageFolder / synset-named photos, CIFAR-10 python batches,
     Fashion-MNIST idx files, or a CSV pixel table."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"labelled data {p} does not exist")
-    if not class_names:
-        raise InvalidOptionError("this artifact has no class labels (e.g. an embedding model); "
-                                 "labelled metrics need a classifier. Use fidelity instead "
-                                 "(omit --labels).")
+    _require_class_names(class_names)
     if p.is_file() and p.suffix.lower() == ".csv":
         return csv_pixels(p, class_names, limit=limit)
     if (p.is_file() and (p.name.startswith(("test_batch", "data_batch")))) or \
@@ -247,10 +251,7 @@ def image_folder(folder, class_names: Sequence[str] | None) -> LabelledSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"labelled image folder {folder} does not exist or is not a directory")
-    if not class_names:
-        raise InvalidOptionError("this artifact has no class labels (e.g. an embedding model); "
-                                 "labelled metrics need a classifier. Use fidelity instead "
-                                 "(omit --labels).")
+    _require_class_names(class_names)
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir())
     if not subdirs:
         paths = list_images(folder, recursive=False)
