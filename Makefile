@@ -12,8 +12,12 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # torch/torchvision are pinned in constraints.txt (the pair that lies on this machine's disk).
-setup: $(VENV)/bin/python
-	$(PIP) install -q -c constraints.txt -e '.[export,openvino,bench,test]'
+# Reinstalls only when the package metadata changed (the stamp is older than pyproject.toml).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install -q -c constraints.txt -e '.[export,openvino,bench,serve,ray,test]'
+	touch $@
+
+setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 --fp16 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL)

@@ -1,7 +1,10 @@
-"""`edgeinfer` command line: one module per verb, each with ``add_parser`` and ``run``.
+"""edgeinfer: export image models to ONNX (FP32/FP16/INT8), run them on the fastest engine here, and measure accuracy vs latency vs memory.
 
-The CLI is thin: it parses arguments and calls the library's public functions.
+Start with `edgeinfer models`, then `edgeinfer export --model NAME`, `edgeinfer bench ARTIFACT`
+and `edgeinfer classify ARTIFACT PHOTO...`; `edgeinfer serve ARTIFACT...` runs the photo service.
 """
+# One module per verb under edgeinfer.cli, each with ``add_parser`` and ``run``; the CLI only
+# parses arguments and calls the library's public functions.
 from __future__ import annotations
 
 import argparse
@@ -16,20 +19,28 @@ VERBS = {
     "providers": "List execution engines and whether they are usable here",
     "classify": "Classify images with an artifact",
     "bench": "Benchmark accuracy vs latency vs memory across engines and precisions",
+    "compare": "Compare models side by side on a labelled data set",
+    "inspect": "Per-layer op types, shapes, parameters and MACs of an artifact",
+    "finetune": "Fine-tune a model on your classes (head / partial / full)",
+    "index": "Index photo folders into a library (local or Ray Data)",
+    "serve": "Run the photo service (HTTP API + web page)",
+    "native-build": "Build the native runner edgeinfer-run (C++, OpenVINO)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from edgeinfer import __version__
 
-    p = argparse.ArgumentParser(prog="edgeinfer", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgeinfer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
     for verb, help_ in VERBS.items():
         try:
-            mod = importlib.import_module(f"edgeinfer.cli.{verb}")
+            modname = "edgeinfer.cli." + verb.replace("-", "_")
+            mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
-            if e.name != f"edgeinfer.cli.{verb}":
+            if e.name != modname:
                 raise
             continue
         sp = sub.add_parser(verb, help=help_, description=help_)
