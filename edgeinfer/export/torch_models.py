@@ -449,8 +449,12 @@ def build_model(recipe: Recipe | str, *, weights: str | os.PathLike = "pretraine
         from .clip import build_clip
 
         return build_clip(recipe, weights=weights, seed=seed)
+    from .custom import build_custom, labels_beside_weights  # fine-tuned files carry labels.txt
+
+    if recipe.source == "edgeinfer":
+        return labels_beside_weights(build_custom(recipe, weights=weights, seed=seed), weights)
     if recipe.source == "timm":
-        return _build_timm(recipe, weights, seed)
+        return labels_beside_weights(_build_timm(recipe, weights, seed), weights)
     if recipe.source == "torchvision":
-        return _build_torchvision(recipe, weights, seed)
+        return labels_beside_weights(_build_torchvision(recipe, weights, seed), weights)
     raise UnknownModelError(recipe.name, [])
