@@ -1,0 +1,610 @@
+// edgeinfer page: plain JavaScript, no build step, no CDN. It calls only the service's public
+// routes (the same ones any client uses), with the bearer token when the user gave one.
+"use strict";
+
+const TOKEN_KEY = "edgeinfer.token";
+// The page knows CIFAR-10's ten names itself so a classifier can be mapped onto them without a
+// CLIP model loaded; other sets' names are learned from the CLIP model that carries the set.
+const CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+const SET_TITLES = { cifar10: "CIFAR-10", imagenet: "ImageNet", own: "Each model's own labels" };
+const TOP = 3;
+
+const $ = (sel) => document.querySelector(sel);
+const state = { models: [], file: null, run: 0, health: null, scanTimer: null };
+
+// ------------------------------------------------------------------ small helpers
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
+  return e;
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const pct = (x) => `${(100 * x).toFixed(1)}%`;
+const baseName = (p) => String(p || "").split(/[\\/]/).pop();
+function bytes(n) {
+  if (n == null) return "";
+  const u = ["B", "KB", "MB", "GB"]; let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+function showError(where, message) {
+  const box = $(where);
+  box.textContent = message || "";
+  box.classList.toggle("hidden", !message);
+}
+// Responses are read tolerantly: a list may come bare or under one of a few keys.
+function listOf(data, ...keys) {
+  if (Array.isArray(data)) return data;
+  for (const k of keys) if (data && Array.isArray(data[k])) return data[k];
+  return [];
+}
+const photoId = (p) => p.id ?? p.photo_id;
+
+// ------------------------------------------------------------------ API
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function explain(status, msg) {
+  const said = msg ? ` (${msg})` : "";
+  switch (status) {
+    case 400: return `The server did not understand the request${said}.`;
+    case 401: return "This server needs an access token: enter it with the Token button (top right).";
+    case 403: return msg || "The server refused: that is outside what it may read.";
+    case 404: return msg || "The server does not know that item.";
+    case 413: return `This upload is too large for the server${said}. Choose a smaller image.`;
+    case 422: return msg || "The server could not use this input.";
+    case 503: return `The server is busy (its request queue is full)${said}. Try again in a few seconds.`;
+    default:
+      if (status >= 500) return `The server failed with HTTP ${status}${said}. This is a bug in edgeinfer; please report it.`;
+      return msg || `HTTP ${status}`;
+  }
+}
+
+function serverDown() {
+  setStatus("err", "server down");
+  return new ApiError(0, `Cannot reach the edgeinfer server at ${location.origin}. Is \`edgeinfer serve\` still running?`);
+}
+
+async function api(path, { method = "GET", form, json, raw = false, retry = true } = {}) {
+  const headers = {};
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let body;
+  if (form) body = form;
+  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body });
+  } catch (e) {
+    throw serverDown();
+  }
+  // A full queue says when to come back: honour it once (briefly) before telling the user.
+  if (res.status === 503 && retry) {
+    const wait = Math.min(Number(res.headers.get("Retry-After")) || 1, 5);
+    await sleep(wait * 1000);
+    return api(path, { method, form, json, raw, retry: false });
+  }
+  if (!res.ok) {
+    let msg = "";
+    try { const d = await res.json(); msg = d.error || d.detail || ""; } catch (e) { /* not JSON */ }
+    if (typeof msg !== "string") msg = JSON.stringify(msg);
+    if (res.status === 401) askToken();
+    throw new ApiError(res.status, explain(res.status, msg));
+  }
+  if (raw) return res;
+  try {
+    return await res.json();
+  } catch (e) {
+    throw new ApiError(res.status, `The server sent a reply that is not JSON for ${path}.`);
+  }
+}
+
+// ------------------------------------------------------------------ token
+function askToken() {
+  const d = $("#token-dialog");
+  if (d.open) return;
+  $("#token-input").value = sessionStorage.getItem(TOKEN_KEY) || "";
+  d.showModal();
+}
+function initToken() {
+  $("#token-button").addEventListener("click", askToken);
+  $("#token-dialog").addEventListener("close", () => {
+    const v = $("#token-dialog").returnValue;
+    if (v === "save" && $("#token-input").value.trim()) sessionStorage.setItem(TOKEN_KEY, $("#token-input").value.trim());
+    else if (v === "clear") sessionStorage.removeItem(TOKEN_KEY);
+    else return;
+    updateTokenButton();
+    loadModels();
+  });
+  updateTokenButton();
+}
+function updateTokenButton() {
+  $("#token-button").textContent = sessionStorage.getItem(TOKEN_KEY) ? "Token ✓" : "Token";
+}
+
+// ------------------------------------------------------------------ server status
+function setStatus(kind, text) {
+  const s = $("#server-status");
+  s.className = `pill pill-${kind}`;
+  s.textContent = text;
+}
+async function pollHealth() {
+  try {
+    const h = await api("/health", { retry: false });
+    state.health = h;
+    const n = listOf(h.models).length;
+    const rss = h.rss_mb != null ? ` · ${Math.round(h.rss_mb)} MB` : "";
+    setStatus("ok", `● ${n} model${n === 1 ? "" : "s"}${rss}`);
+    const roots = listOf(h, "library_roots", "roots");
+    const root = roots[0] || h.library_root;
+    if (root && !$("#scan-path").value) $("#scan-path").value = root;
+    if ($("#global-error").dataset.kind === "down") showGlobal("");
+  } catch (e) {
+    setStatus("err", "server down");
+    showGlobal(e.message, "down");
+  }
+}
+function showGlobal(msg, kind = "") {
+  showError("#global-error", msg);
+  $("#global-error").dataset.kind = msg ? kind : "";
+}
+
+// ------------------------------------------------------------------ models
+function normModel(m) {
+  let weights = m.weights ?? m.weights_origin ?? m.origin;
+  if (weights && typeof weights === "object") weights = weights.origin;
+  let sets = m.label_sets ?? m.labelSets;
+  if (sets && !Array.isArray(sets)) sets = Object.keys(sets);
+  let nLabels = m.labels_count ?? m.num_labels ?? m.labels;
+  if (Array.isArray(nLabels)) nLabels = nLabels.length;
+  return {
+    name: m.name, kind: m.kind, provider: m.provider, precision: m.precision,
+    nLabels: typeof nLabels === "number" ? nLabels : null, weights: weights || "",
+    accuracy: m.accuracy_vs_fp32 ?? m.accuracy ?? m.fidelity ?? null,
+    labelSets: Array.isArray(sets) ? sets : null,
+  };
+}
+const isClip = (m) => m.kind === "clip";
+
+async function loadModels() {
+  try {
+    const data = await api("/v1/models");
+    state.models = listOf(data, "models").map(normModel);
+    showError("#classify-error", "");
+  } catch (e) {
+    showError("#classify-error", e.message);
+    return;
+  }
+  fillLabelSets();
+  const hasClip = state.models.some(isClip);
+  $("#no-clip-note").classList.toggle("hidden", hasClip);
+  $("#custom-labels").disabled = !hasClip;
+  updateButtons();
+}
+
+function fillLabelSets() {
+  const sel = $("#label-set");
+  const before = sel.value;
+  const names = ["cifar10", "imagenet"];
+  for (const m of state.models) for (const s of m.labelSets || []) if (!names.includes(s)) names.push(s);
+  names.push("own");
+  sel.replaceChildren(...names.map((n) => el("option", { value: n, text: SET_TITLES[n] || n })));
+  sel.value = names.includes(before) ? before : "cifar10";
+}
+
+// ------------------------------------------------------------------ upload
+function setFile(file) {
+  if (!file) return;
+  state.file = file;
+  $("#file-name").textContent = `${file.name} · ${bytes(file.size)}`;
+  const img = $("#preview");
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.onload = () => { img.classList.remove("hidden"); $("#drop-hint").classList.add("hidden"); };
+  img.onerror = () => {
+    img.classList.add("hidden");
+    $("#drop-hint").classList.remove("hidden");
+    $("#drop-hint").innerHTML = "<strong>No preview</strong><br><span class=\"muted\">the browser cannot show this file; the server will say whether it can read it</span>";
+  };
+  img.src = URL.createObjectURL(file);
+  updateButtons();
+  classifyWithSet();
+}
+function initUpload() {
+  const dz = $("#dropzone");
+  $("#file-input").addEventListener("change", (e) => setFile(e.target.files[0]));
+  for (const ev of ["dragenter", "dragover"]) dz.addEventListener(ev, (e) => { e.preventDefault(); dz.classList.add("dragover"); });
+  for (const ev of ["dragleave", "drop"]) dz.addEventListener(ev, () => dz.classList.remove("dragover"));
+  dz.addEventListener("drop", (e) => { e.preventDefault(); setFile(e.dataTransfer.files[0]); });
+  // A file dropped outside the zone would make the browser navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+}
+function updateButtons() {
+  const ready = !!state.file && state.models.length > 0;
+  $("#classify-button").disabled = !ready;
+  $("#custom-button").disabled = !ready || !state.models.some(isClip);
+}
+
+// ------------------------------------------------------------------ classify
+function accuracyText(m) {
+  const a = m.accuracy;
+  if (String(m.precision).toLowerCase() === "fp32") return "FP32: the reference precision";
+  if (a === null || a === undefined || a === "") return "no accuracy-vs-FP32 record in its manifest";
+  if (typeof a === "string") return a;
+  if (typeof a === "number") return `accuracy vs FP32: ${a}`;
+  if (a.text || a.summary) return a.text || a.summary;
+  const parts = [];
+  const n = a.n ?? a.images;
+  if (a.top1_agreement != null) parts.push(`top-1 agrees with FP32 on ${pct(a.top1_agreement)}`);
+  else if (a.drop != null) parts.push(`${a.drop} ${a.unit || "points"} below FP32`);
+  if (a.top1_agreement == null && a.cosine_mean != null) parts.push(`cosine to FP32 ${Number(a.cosine_mean).toFixed(4)}`);
+  if (a.accuracy != null && a.fp32_accuracy != null) parts.push(`top-1 ${pct(a.accuracy)} vs ${pct(a.fp32_accuracy)} in FP32`);
+  if (!parts.length) return `accuracy vs FP32: ${JSON.stringify(a)}`;
+  return parts.join(", ") + (n ? ` (${n} images)` : "");
+}
+
+function makeCard(m) {
+  const card = el("article", { class: `card ${isClip(m) ? "clip" : ""}`, "data-model": m.name, "data-state": "loading" },
+    el("div", { class: "card-head" },
+      el("span", { class: "card-title", text: m.name }),
+      el("span", { class: "badge", text: `${m.provider || "?"} · ${m.precision || "?"}` })),
+    el("div", { class: "card-sub", text: accuracyText(m) }),
+    m.weights === "random" ? el("div", { class: "banner-random", text: "Random weights: these answers are noise, not predictions." }) : null,
+    el("div", { class: "card-body" }, el("div", { class: "spinner", "aria-label": "working" })),
+    el("div", { class: "card-foot" },
+      el("span", { text: isClip(m) ? "CLIP zero-shot" : "classifier" }),
+      el("span", { class: "time", text: "" })));
+  return card;
+}
+
+function fillCard(card, { labels, timeMs, note, error }) {
+  const body = card.querySelector(".card-body");
+  body.replaceChildren();
+  if (error) {
+    card.dataset.state = "error";
+    body.append(el("div", { class: "card-error", text: error }));
+  } else {
+    card.dataset.state = "done";
+    body.append(el("div", { class: "bars" }, labels.slice(0, TOP).map((l) =>
+      el("div", { class: "bar-row" },
+        el("div", { class: "bar-label" }, el("span", { text: l.label, title: l.label }), el("span", { class: "pct", text: pct(l.score) })),
+        el("div", { class: "bar" }, el("div", { style: `width:${Math.max(0.5, 100 * l.score).toFixed(1)}%` }))))));
+  }
+  if (note) body.append(el("div", { class: "card-note", text: note }));
+  if (timeMs != null) card.querySelector(".time").textContent = `${Number(timeMs).toFixed(1)} ms`;
+}
+
+// The result of one model for the one uploaded image: {labels} or {error}.
+function firstImage(data, modelName) {
+  const results = listOf(data, "results");
+  const r = results.find((x) => x.model === modelName) || results[0];
+  if (!r) return { error: "The server returned no result for this model." };
+  const img = listOf(r, "images")[0] || {};
+  if (img.error) return { error: `Could not read this image: ${img.error}`, timeMs: r.time_ms };
+  return { labels: listOf(img, "labels"), timeMs: r.time_ms, provider: r.provider, precision: r.precision };
+}
+
+const labelKey = (s) => String(s).replace(/_/g, " ").split(/\s+/).join(" ").trim().toLowerCase();
+
+// A classifier answers a label set with its own labels mapped onto the set's names (a label
+// matches when it, or one of its comma-separated synonyms, equals a set name), renormalised over
+// the matched labels; null when nothing matches.
+function mapOntoSet(labels, setNames) {
+  const index = new Map(setNames.map((n) => [labelKey(n), n]));
+  const sums = new Map();
+  for (const { label, score } of labels) {
+    for (const syn of [label, ...String(label).split(",")]) {
+      const hit = index.get(labelKey(syn));
+      if (hit !== undefined) { sums.set(hit, (sums.get(hit) || 0) + score); break; }
+    }
+  }
+  const covered = [...sums.values()].reduce((a, b) => a + b, 0);
+  if (!sums.size || covered <= 0) return null;
+  const mapped = [...sums].map(([label, s]) => ({ label, score: s / covered })).sort((a, b) => b.score - a.score);
+  return { labels: mapped, matched: sums.size, covered };
+}
+
+function imageForm(extra) {
+  const f = new FormData();
+  f.append("image", state.file, state.file.name);
+  for (const [k, v] of Object.entries(extra)) f.append(k, String(v));
+  return f;
+}
+
+async function classifyWithSet() {
+  if (!state.file || !state.models.length) return;
+  const set = $("#label-set").value;
+  await runCards(state.models, set === "own" ? "each model's own labels" : `label set ${SET_TITLES[set] || set}`, async (m, deferredNames) => {
+    if (isClip(m)) {
+      if (set === "own") return { error: "A CLIP model has no labels of its own: choose a label set or type custom labels." };
+      if (m.labelSets && !m.labelSets.includes(set))
+        return { error: `This CLIP artifact carries no “${SET_TITLES[set] || set}” label set (it has: ${m.labelSets.join(", ") || "none"}).` };
+      // All of the set's labels come back when another model needs the set's names to map onto.
+      const wantAll = !CIFAR10_SET(set) && state.models.some((x) => !isClip(x));
+      const data = await api("/v1/zero-shot", { method: "POST", form: imageForm({ model: m.name, label_set: set, top_k: wantAll ? 1000 : TOP }) });
+      const r = firstImage(data, m.name);
+      if (wantAll && r.labels) deferredNames.offer(set, r.labels.map((l) => l.label));
+      return r;
+    }
+    const k = set === "own" ? TOP : (m.nLabels || 1000);
+    const data = await api("/v1/classify", { method: "POST", form: imageForm({ model: m.name, top_k: k }) });
+    const r = firstImage(data, m.name);
+    if (set === "own" || r.error) return r;
+    const names = await deferredNames.get(set);
+    if (!names) return { error: `No list of ${SET_TITLES[set] || set} names to map this classifier onto (load a CLIP model that carries the set).`, timeMs: r.timeMs };
+    const mapped = mapOntoSet(r.labels, names);
+    if (!mapped) return { error: `None of this classifier's labels matches a ${SET_TITLES[set] || set} name; choose another label set or “Each model's own labels”.`, timeMs: r.timeMs };
+    return {
+      labels: mapped.labels, timeMs: r.timeMs,
+      note: `its labels mapped onto ${mapped.matched} of ${names.length} ${SET_TITLES[set] || set} names (${pct(mapped.covered)} of its probability)`,
+    };
+  });
+}
+const CIFAR10_SET = (s) => s === "cifar10";
+
+async function classifyCustom() {
+  if (!state.file) return;
+  const text = $("#custom-labels").value;
+  const labels = text.split(",").map((s) => s.trim()).filter(Boolean);
+  if (labels.length < 2) {
+    showError("#classify-error", "Type at least two labels separated by commas, e.g. “shark, dolphin, lizard, giraffe”.");
+    return;
+  }
+  await runCards(state.models.filter(isClip), `custom labels: ${labels.join(", ")}`, async (m) => {
+    const data = await api("/v1/zero-shot", { method: "POST", form: imageForm({ model: m.name, labels: labels.join(", "), top_k: TOP }) });
+    return firstImage(data, m.name);
+  });
+}
+
+// One card per model, every model asked at once; a newer run makes an older one's answers stale.
+async function runCards(models, caption, ask) {
+  const run = ++state.run;
+  showError("#classify-error", "");
+  $("#classify-caption").textContent = `${state.file.name} — ${caption}`;
+  const cards = models.map(makeCard);
+  $("#cards").replaceChildren(...cards);
+  const names = namesBroker(models);
+  await Promise.all(models.map(async (m, i) => {
+    let out;
+    try {
+      out = await ask(m, names);
+    } catch (e) {
+      out = { error: e.message };
+      if (e.status === 413 || e.status === 0) showError("#classify-error", e.message);
+    }
+    if (run === state.run) fillCard(cards[i], out);
+  }));
+  $("#cards").dataset.run = String(run);
+}
+
+// Label-set names for classifiers: CIFAR-10 is built in, any other set comes from the first CLIP
+// model (asked in the same run) that carries it.
+function namesBroker(models) {
+  const waiting = new Map();
+  const known = new Map([["cifar10", CIFAR10]]);
+  const clipsFor = (set) => models.filter((m) => isClip(m) && (!m.labelSets || m.labelSets.includes(set))).length;
+  return {
+    offer(set, names) {
+      if (!known.has(set)) known.set(set, names);
+      for (const r of waiting.get(set) || []) r(known.get(set));
+      waiting.delete(set);
+    },
+    get(set) {
+      if (known.has(set)) return Promise.resolve(known.get(set));
+      if (!clipsFor(set)) return Promise.resolve(null);
+      // Resolved by offer(); a CLIP model that fails never offers, so give up after a while.
+      return new Promise((resolve) => {
+        if (!waiting.has(set)) waiting.set(set, []);
+        waiting.get(set).push(resolve);
+        setTimeout(() => resolve(known.get(set) || null), 60000);
+      });
+    },
+  };
+}
+
+// ------------------------------------------------------------------ library
+function setScanProgress(j, startedAt) {
+  const total = j.total || 0, done = j.done || 0;
+  const finished = !["running", "queued", "pending", "started"].includes(String(j.state).toLowerCase());
+  const frac = total ? done / total : (finished ? 1 : 0);
+  const bar = $("#scan-bar");
+  bar.style.width = `${(100 * frac).toFixed(1)}%`;
+  bar.classList.toggle("done", finished && frac >= 1);
+  const parts = [`${Math.round(100 * frac)}%`, `${done}/${total} photos`];
+  if (j.photos_per_s != null) parts.push(`${Number(j.photos_per_s).toFixed(1)} photos/s`);
+  if (!finished && j.eta_s != null) parts.push(`ETA ${Math.ceil(j.eta_s)} s`);
+  if (j.failed) parts.push(`${j.failed} unreadable`);
+  if (finished) parts.push(`${j.state} in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+  $("#scan-text").textContent = parts.join(" · ");
+  $("#scan-progress").dataset.state = finished ? "finished" : "running";
+  return finished;
+}
+
+async function scan() {
+  const path = $("#scan-path").value.trim();
+  showError("#library-error", "");
+  if (!path) { showError("#library-error", "Type the folder to scan (it must lie under the server's --library-root)."); return; }
+  $("#scan-button").disabled = true;
+  $("#scan-progress").classList.remove("hidden");
+  const startedAt = Date.now();
+  setScanProgress({ state: "running", done: 0, total: 0 }, startedAt);
+  try {
+    const { job } = await api("/v1/library/scan", { method: "POST", json: { path } });
+    for (;;) {
+      const j = await api(`/v1/library/jobs/${encodeURIComponent(job)}`);
+      if (setScanProgress(j, startedAt)) {
+        if (j.error) showError("#library-error", `The scan stopped: ${j.error}`);
+        break;
+      }
+      await sleep(400);
+    }
+  } catch (e) {
+    $("#scan-progress").classList.add("hidden");
+    showError("#library-error", e.message);
+  } finally {
+    $("#scan-button").disabled = false;
+  }
+}
+
+async function loadThumb(img, id) {
+  try {
+    const res = await api(`/v1/photos/${encodeURIComponent(id)}/thumbnail`, { raw: true });
+    // <img src> cannot send a bearer token, so thumbnails are fetched and shown as blob URLs.
+    img.src = URL.createObjectURL(await res.blob());
+  } catch (e) {
+    img.alt = "no thumbnail";
+    img.title = e.message;
+  }
+}
+
+function tile(p, { score, keep } = {}) {
+  const id = photoId(p);
+  const img = el("img", { class: "thumb", alt: baseName(p.path) });
+  loadThumb(img, id);
+  const t = el("div", { class: `tile ${keep ? "keep" : ""}`, "data-photo-id": id, title: p.path, onclick: () => showDetails(id, t) },
+    img,
+    el("div", { class: "tile-body" },
+      el("div", { class: "tile-name", text: baseName(p.path) }),
+      el("div", { class: "tile-meta" },
+        keep ? el("span", { class: "keep-badge", text: "KEEP" }) : null,
+        score != null ? el("span", { class: "score", text: `score ${Number(score).toFixed(3)}` }) : null,
+        // Duplicates show what decides the keeper: resolution, then file size.
+        score == null && p.width ? el("span", { text: `${p.width}×${p.height}` }) : null,
+        score == null && p.size ? el("span", { text: bytes(p.size) }) : null),
+      el("button", { class: "link", type: "button", text: "More like this ›", onclick: (e) => { e.stopPropagation(); similar(id); } })));
+  return t;
+}
+
+function showHits(data, caption) {
+  const hits = listOf(data, "results", "photos", "hits", "matches");
+  $("#library-caption").textContent = hits.length ? caption : `${caption}: nothing found (scan a folder first?)`;
+  $("#library-results").replaceChildren(el("div", { class: "grid" }, hits.map((h) => tile(h.photo || h, { score: h.score }))));
+}
+
+async function search() {
+  const q = $("#search-input").value.trim();
+  if (!q) { showError("#library-error", "Type what to look for, e.g. “a dog on the beach”."); return; }
+  showError("#library-error", "");
+  try {
+    showHits(await api(`/v1/search?q=${encodeURIComponent(q)}&k=24`), `Photos matching “${q}”`);
+  } catch (e) { showError("#library-error", e.message); }
+}
+
+async function similar(id) {
+  showError("#library-error", "");
+  try {
+    showHits(await api("/v1/search/similar", { method: "POST", json: { photo_id: id } }), `Photos like #${id}`);
+  } catch (e) { showError("#library-error", e.message); }
+}
+
+async function duplicates() {
+  showError("#library-error", "");
+  const t = $("#dups-threshold").value || "0.95";
+  let data;
+  try { data = await api(`/v1/duplicates?threshold=${encodeURIComponent(t)}`); } catch (e) { showError("#library-error", e.message); return; }
+  const groups = listOf(data, "groups", "duplicates");
+  $("#library-caption").textContent = groups.length
+    ? `${groups.length} group${groups.length === 1 ? "" : "s"} of near-duplicates (similarity ≥ ${t}); the suggested keeper (largest resolution, then largest file) is marked KEEP`
+    : `No near-duplicates at similarity ≥ ${t}.`;
+  $("#library-results").replaceChildren(...groups.map((g, i) => {
+    const photos = listOf(g, "photos", "members", "items");
+    const keeper = g.keep ?? g.keeper ?? g.keep_id;
+    const keepId = keeper && typeof keeper === "object" ? photoId(keeper) : keeper;
+    const isKeep = (p) => p.keep === true || p.keeper === true || (keepId != null && photoId(p) === keepId);
+    return el("div", { class: "group" },
+      el("h3", { text: `Group ${i + 1} · ${photos.length} photos` }),
+      el("div", { class: "grid" }, photos.map((p) => tile(p, { keep: isKeep(p) }))));
+  }));
+}
+
+async function showDetails(id, tileEl) {
+  document.querySelectorAll(".tile.selected").forEach((t) => t.classList.remove("selected"));
+  if (tileEl) tileEl.classList.add("selected");
+  const box = $("#photo-details");
+  let p;
+  try { p = await api(`/v1/photos/${encodeURIComponent(id)}`); } catch (e) { showError("#library-error", e.message); return; }
+  p = p.photo || p;
+  const img = el("img", { alt: baseName(p.path) });
+  loadThumb(img, id);
+  const facts = [
+    ["path", p.path], ["size", bytes(p.size ?? p.bytes)],
+    ["resolution", p.width ? `${p.width}×${p.height}` : null],
+    ["modified", p.mtime ? new Date(p.mtime * 1000).toLocaleString() : null],
+    ["sha256", p.sha256], ["embedding", embeddingText(p)],
+    ["unreadable", p.error || p.failure || null],
+  ].filter(([, v]) => v);
+  box.replaceChildren(
+    el("button", { class: "ghost close", type: "button", text: "✕", title: "close", onclick: () => closeDetails() }),
+    el("h3", { text: baseName(p.path) }), img,
+    ...tagsBlocks(p.tags),
+    el("dl", {}, facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: k === "sha256" ? "mono" : "", text: String(v) })])),
+    el("button", { class: "ghost", type: "button", text: "More like this", onclick: () => similar(id) }));
+  box.classList.remove("hidden");
+  $(".library-layout").classList.add("with-details");
+}
+function closeDetails() {
+  $("#photo-details").classList.add("hidden");
+  $(".library-layout").classList.remove("with-details");
+}
+function embeddingText(p) {
+  const e = p.embedding_model ?? p.embedding ?? p.embeddings;
+  if (!e) return null;
+  if (typeof e === "string") return e;
+  const one = Array.isArray(e) ? e[0] : e;
+  if (!one || typeof one !== "object") return null;
+  const sha = one.sha256 || one.model_sha256;
+  return `${one.name || one.model || "model"}${sha ? ` (sha256 ${String(sha).slice(0, 12)}…)` : ""}`;
+}
+// Tags arrive as {model: [{label, score}]} or as a list of {model, label, score}.
+function tagsBlocks(tags) {
+  if (!tags) return [];
+  let byModel = tags;
+  if (Array.isArray(tags)) {
+    byModel = {};
+    for (const t of tags) (byModel[t.model || "tags"] ||= []).push(t);
+  }
+  return Object.entries(byModel).flatMap(([model, list]) => [
+    el("div", { class: "small muted", text: `tags · ${model}` }),
+    el("div", { class: "tags" }, listOf(list, "labels").slice(0, 5).map((t) =>
+      el("span", { class: "tag", text: typeof t === "string" ? t : `${t.label} ${t.score != null ? pct(t.score) : ""}` }))),
+  ]);
+}
+
+// ------------------------------------------------------------------ tabs + start
+function showView(name) {
+  for (const v of ["classify", "library"]) {
+    $(`#view-${v}`).classList.toggle("hidden", v !== name);
+    const tab = $(`#tab-${v}`);
+    tab.classList.toggle("active", v === name);
+    tab.setAttribute("aria-selected", String(v === name));
+  }
+  if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+}
+
+function init() {
+  initToken();
+  initUpload();
+  document.querySelectorAll(".tab").forEach((t) => t.addEventListener("click", () => showView(t.dataset.view)));
+  $("#classify-button").addEventListener("click", classifyWithSet);
+  $("#label-set").addEventListener("change", classifyWithSet);
+  $("#custom-button").addEventListener("click", classifyCustom);
+  $("#custom-labels").addEventListener("keydown", (e) => { if (e.key === "Enter") classifyCustom(); });
+  $("#scan-button").addEventListener("click", scan);
+  $("#scan-path").addEventListener("keydown", (e) => { if (e.key === "Enter") scan(); });
+  $("#search-button").addEventListener("click", search);
+  $("#search-input").addEventListener("keydown", (e) => { if (e.key === "Enter") search(); });
+  $("#dups-button").addEventListener("click", duplicates);
+  showView(location.hash === "#library" ? "library" : "classify");
+  pollHealth();
+  setInterval(pollHealth, 10000);
+  loadModels();
+}
+init();
