@@ -13,9 +13,11 @@ from edgeinfer.backends import SessionOptions, create_session
 from edgeinfer.backends import ort as ortb
 from edgeinfer.backends import providers as pv
 from edgeinfer.backends.cache import engine_cache_dir
-from edgeinfer.backends.providers import DeviceStatus, ProviderStatus, select
+from edgeinfer.backends.providers import DeviceStatus, ProviderStatus
 from edgeinfer.errors import InvalidOptionError, ProviderUnavailableError
+from edgeinfer.runtime import selection as sl
 from edgeinfer.runtime.artifact import Artifact
+from edgeinfer.runtime.selection import select
 
 from test_runtime_helpers import tiny_artifact, tiny_onnx
 
@@ -127,16 +129,24 @@ def test_tensorrt_session_options_applied_without_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(ortb, "import_ort", lambda: _fake_ort(gpu_eps, gpu_eps))
     model = tiny_onnx(tmp_path / "m.onnx")
     s = ortb.OrtSession(model, provider="tensorrt",
-                        options=SessionOptions(fp16=True, device="cuda:1", cache_dir=str(tmp_path / "cache"),
-                                               extra={"input_shapes": {"pixel_values": (3, 32, 32)}}))
+                        options=SessionOptions(precision="fp16", device="cuda:1",
+                                               cache_dir=str(tmp_path / "cache"),
+                                               input_shapes={"pixel_values": (3, 32, 32)}))
     sess = _FakeSess.last
     assert sess.providers == gpu_eps
     trt = sess.provider_options[0]
-    assert trt["device_id"] == 1 and trt["trt_fp16_enable"] is True
+    assert trt["device_id"] == 1 and trt["trt_fp16_enable"] is True and trt["trt_int8_enable"] is False
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "tensorrt"))
     assert "ort9.9.9" in trt["trt_engine_cache_path"]
     assert trt["trt_profile_opt_shapes"] == "pixel_values:8x3x32x32"
     assert s.device == "cuda:1" and s.cache_hit is False
+    # the kernel flags follow the file's precision, inside the backend
+    ortb.OrtSession(model, provider="tensorrt", options=SessionOptions(precision="int8"))
+    trt = _FakeSess.last.provider_options[0]
+    assert trt["trt_int8_enable"] is True and trt["trt_fp16_enable"] is True
+    ortb.OrtSession(model, provider="tensorrt", options=SessionOptions(precision="fp32"))
+    trt = _FakeSess.last.provider_options[0]
+    assert trt["trt_int8_enable"] is False and trt["trt_fp16_enable"] is False
 
 
 def test_silent_cpu_fallback_is_an_error(tmp_path, monkeypatch):
@@ -219,30 +229,77 @@ def test_auto_cpu_engine_heuristic(art, monkeypatch, no_intel_gpu):
     assert s.provider == "cpu" and "openvino not installed" in s.reason
 
 
+def _guard_record(cosine_mean: float) -> dict:
+    # the shape `edgeinfer quantize` writes (see test_int8_guard_record_the_quantizer_writes)
+    return {"quantization": {"budget": {"kind": "embedding", "max_drop": 0.01, "unit": "cosine",
+                                        "text": "mean cosine to FP32 >= 0.9900"}},
+            "fidelity": {"cosine_mean": cosine_mean, "top1_agreement": None}}
+
+
 def test_failed_int8_guard_is_not_auto_selected(tmp_path, no_intel_gpu):
     d = tiny_artifact(tmp_path / "g", precisions=("fp32", "int8"))
     m = json.loads((d / "manifest.json").read_text())
-    m["files"]["int8"]["guard"] = {"passed": False}
+    m["files"]["int8"].update(_guard_record(0.95))
     (d / "manifest.json").write_text(json.dumps(m))
     s = select(artifact=Artifact(d), statuses=_st(), cpu=CPU_VNNI)
     assert s.precision == "fp32"
     assert select(artifact=Artifact(d), statuses=_st(), cpu=CPU_VNNI, precision="int8").precision == "int8"
 
 
+def _measure(art, provider, precision, ms, *, passed=True, threads=None):
+    return {"provider": provider, "precision": precision, "latency_ms": ms, "batch": 1,
+            "threads": threads, "fidelity_pass": passed, "device": "CPU",
+            "sha256": art.entry(precision)["sha256"]}
+
+
 def test_tuning_json_wins_for_this_machine_only(art, no_intel_gpu):
-    key = pv.tuning_key()
-    (art.dir / "tuning.json").write_text(json.dumps({
-        key: {"provider": "cpu", "precision": "fp32", "threads": 2, "latency_ms": 3.1,
-              "fidelity": {}, "measured": "2026-11-23", "by": "edgeinfer bench"},
-        "someothermachine": {"provider": "openvino", "precision": "int8"}}))
+    sl.record_tuning(art, [_measure(art, "cpu", "fp32", 3.1, threads=2),
+                           _measure(art, "openvino", "int8", 4.0)])
     s = select(artifact=art, statuses=_st(), cpu=CPU_VNNI)
     assert (s.provider, s.precision, s.threads) == ("cpu", "fp32", 2) and s.tuned
     assert "tuned" in s.reason
-    # an explicit provider that differs from the tuned one ignores the tuned precision
+    # an explicit provider uses its own measurement, not another engine's
     s = select("openvino", artifact=art, statuses=_st(), cpu=CPU_VNNI)
-    assert s.precision == "int8" and not s.tuned
-    (art.dir / "tuning.json").write_text(json.dumps({"someothermachine": {"provider": "cpu"}}))
-    assert select(artifact=art, statuses=_st(), cpu=CPU_VNNI).provider == "openvino"
+    assert (s.precision, s.tuned) == ("int8", True)
+    # another machine's section is not this machine's
+    data = json.loads((art.dir / sl.TUNING_FILE).read_text())
+    data["machines"] = {"someothermachine": data["machines"][sl.tuning_key()]}
+    (art.dir / sl.TUNING_FILE).write_text(json.dumps(data))
+    s = select(artifact=art, statuses=_st(), cpu=CPU_VNNI)
+    assert s.provider == "openvino" and not s.tuned
+
+
+def test_tuning_pick_is_keyed_to_the_measured_file(art, no_intel_gpu):
+    sl.record_tuning(art, [_measure(art, "cpu", "int8", 1.0), _measure(art, "cpu", "fp32", 5.0)])
+    assert select(artifact=art, statuses=_st(), cpu=CPU_AMD).precision == "int8"
+    # the INT8 file is replaced (e.g. `quantize --target openvino`): its measurement is stale
+    m = json.loads((art.dir / "manifest.json").read_text())
+    m["files"]["int8"]["sha256"] = "0" * 64
+    (art.dir / "manifest.json").write_text(json.dumps(m))
+    s = select(artifact=Artifact(art.dir), statuses=_st(), cpu=CPU_AMD)
+    assert (s.provider, s.precision) == ("cpu", "fp32") and "earlier int8 file" in s.reason
+
+
+def test_a_partial_bench_keeps_the_other_measurements(art):
+    sl.record_tuning(art, [_measure(art, "cpu", "fp32", 5.0), _measure(art, "openvino", "fp32", 4.0)])
+    sl.record_tuning(art, [_measure(art, "cpu", "fp32", 3.0)])
+    got = sl.read_tuning(art)
+    assert set(got) == {"cpu/fp32", "openvino/fp32"}
+    assert got["cpu/fp32"]["latency_ms"] == 3.0 and got["openvino/fp32"]["latency_ms"] == 4.0
+
+
+def test_failed_fidelity_is_never_the_tuned_pick(art, no_intel_gpu):
+    sl.record_tuning(art, [_measure(art, "cpu", "int8", 1.0, passed=False),
+                           _measure(art, "cpu", "fp32", 5.0)])
+    assert select(artifact=art, statuses=_st(), cpu=CPU_AMD).precision == "fp32"
+
+
+def test_tuned_engine_not_installed_is_said_in_the_reason(art, monkeypatch, no_intel_gpu):
+    sl.record_tuning(art, [_measure(art, "openvino", "int8", 1.0), _measure(art, "cpu", "fp32", 5.0)])
+    monkeypatch.setattr(pv, "openvino_installed", lambda: False)
+    s = select(artifact=art, statuses=_st(ov=False), cpu=CPU_AMD)
+    assert (s.provider, s.precision, s.tuned) == ("cpu", "fp32", True)
+    assert "openvino/int8" in s.reason and "not usable here" in s.reason
 
 
 def test_explicit_missing_provider_raises_with_install_hint(art, no_intel_gpu):
@@ -307,7 +364,7 @@ def test_ort_and_openvino_agree(tmp_path, monkeypatch):
         assert c.describe()["batch1_static"] is False
     # opt-in: batch 1 goes through a static batch-1 model, larger batches through the dynamic one
     with create_session(m, provider="openvino", precision="fp32",
-                        options=SessionOptions(extra={"batch1_static": True})) as d:
+                        options=SessionOptions(batch1_static=True)) as d:
         assert d.describe()["batch1_static"] is True and d.inputs[0].shape[0] == "batch"
         assert np.allclose(d.run(x[2:3]), yb[2:3], atol=1e-5)
         assert np.allclose(d.run(x), yb, atol=1e-5)
@@ -320,7 +377,7 @@ def test_openvino_static_batch_chunks_and_pads(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
     m = tiny_onnx(tmp_path / "m.onnx")
     x = _x(7)
-    with create_session(m, provider="openvino", options=SessionOptions(extra={"static_batch": 3})) as s:
+    with create_session(m, provider="openvino", options=SessionOptions(static_batch=3)) as s:
         assert s.static_batch == 3
         y = s.run(x)
     with create_session(m, provider="cpu") as r:
@@ -332,9 +389,8 @@ def test_sessions_are_safe_for_concurrent_calls(tmp_path, monkeypatch, provider)
     if provider == "openvino":
         pytest.importorskip("openvino")
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
-    extra = {"batch1_static": True} if provider == "openvino" else {}
     s = create_session(tiny_onnx(tmp_path / "m.onnx"), provider=provider, precision="fp32",
-                       options=SessionOptions(extra=extra))
+                       options=SessionOptions(batch1_static=provider == "openvino"))
     xs = [_x(1 + i % 3, seed=i) for i in range(6)]  # batch 1 (static model on OpenVINO) and 2-3
     ref = [s.run(x) for x in xs]
     errors, out = [], {}
@@ -382,8 +438,8 @@ def test_tensorrt_session_engine_cache(tmp_path):
     if not ok:
         pytest.skip(f"no usable TensorRT provider: {why}")
     m = tiny_onnx(tmp_path / "m.onnx")
-    opts = SessionOptions(cache_dir=str(tmp_path / "cache"), fp16=True,
-                          extra={"input_shapes": {"pixel_values": (3, 32, 32)}})
+    opts = SessionOptions(cache_dir=str(tmp_path / "cache"), precision="fp16",
+                          input_shapes={"pixel_values": (3, 32, 32)})
     x = _x()
     with create_session(m, provider="tensorrt", options=opts) as t, create_session(m, provider="cpu") as c:
         assert t.cache_hit is False
@@ -439,10 +495,44 @@ def test_openvino_fp16_file_runs_in_the_cpus_half_type(monkeypatch):
     assert ov.compile_config(device="CPU", precision="fp16")["INFERENCE_PRECISION_HINT"] == "f32"
 
 
-def test_int8_guard_record_from_the_quantizer_is_recognised():
-    from edgeinfer.backends.providers import int8_guard_ok
+def test_int8_guard_record_the_quantizer_writes(tmp_path, generated_images_dir):
+    """The guard is read from a record `edgeinfer quantize` really produced, not a made-up one."""
+    pytest.importorskip("onnxruntime.quantization")
+    from edgeinfer.quantize import quantize_artifact
 
-    ok, why = int8_guard_ok({"quantization": {"budget": {"text": "mean cosine to FP32 >= 0.9900"}}})
-    assert ok and "passed" in why and "0.9900" in why
-    assert int8_guard_ok({"guard": {"passed": False}})[0] is False
-    assert int8_guard_ok({"file": "model.int8.onnx"})[1] == "INT8 file has no guard record"
+    d = tiny_artifact(tmp_path / "q", precisions=("fp32",))
+    entry = quantize_artifact(d, int8=True, calib=generated_images_dir)["int8"]
+    ok, why = sl.int8_guard(entry)
+    assert ok and "passed" in why and entry["quantization"]["budget"]["text"] in why
+    # the same record with fidelity outside its budget reads as failed
+    worse = {**entry, "fidelity": {**entry["fidelity"], "cosine_mean": 0.5}}
+    ok, why = sl.int8_guard(worse)
+    assert not ok and "FAILED" in why
+    assert sl.int8_guard({"file": "model.int8.onnx"})[1].startswith("INT8 file has no guard record")
+    assert sl.int8_guard(None) == (False, "no INT8 file")
+
+
+def test_engine_options_for_tensorrt_carry_the_batch_profile(art):
+    sel = sl.Selection("tensorrt", "cuda:1", "int8", "test", batch_size=16)
+    o = sl.engine_options(sel, art, threads=2)
+    assert (o.precision, o.device, o.threads) == ("int8", "cuda:1", 2)
+    assert o.model_sha256 == art.entry("int8")["sha256"]
+    assert o.input_shapes == {"pixel_values": (3, 32, 32)}
+    assert (o.opt_batch, o.max_batch) == (16, sl.TRT_MIN_MAX_BATCH)
+    assert sl.engine_options(sel, art, batch_size=64).max_batch == 64
+    cpu = sl.engine_options(sl.Selection("cpu", "CPU", "fp32", "test"), art,
+                            overrides={"session_config": {"a": "b"}})
+    assert cpu.device is None and cpu.input_shapes is None and cpu.session_config == {"a": "b"}
+    with pytest.raises(InvalidOptionError, match="unknown engine option"):
+        sl.engine_options(sel, art, overrides={"fp16": True})
+
+
+def test_device_is_parsed_once():
+    assert sl.parse_provider("openvino:gpu") == ("openvino", "GPU")
+    assert sl.parse_provider("openvino", "NPU") == ("openvino", "NPU")
+    assert sl.parse_provider("cuda", 1) == ("cuda", "cuda:1")
+    assert sl.parse_provider("tensorrt:2") == ("tensorrt", "cuda:2")
+    with pytest.raises(InvalidOptionError, match="explicit provider"):
+        sl.parse_provider("auto", "GPU")
+    with pytest.raises(InvalidOptionError, match="GPU index"):
+        sl.parse_provider("cuda", "GPU")

@@ -6,13 +6,23 @@ is the general one (CLIP text tower: token ids).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 # Public provider names (API and CLI).
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino")
+
+#: what to install for each engine (the one copy: errors, `edgeinfer providers`)
+INSTALL = {
+    "cpu": "pip install onnxruntime",
+    "cuda": "pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]'   (onnxruntime-gpu; "
+            "CUDA 12 + cuDNN 9 libraries and an NVIDIA driver)",
+    "tensorrt": "pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' tensorrt   "
+                "(onnxruntime-gpu + TensorRT 10 libraries and an NVIDIA driver)",
+    "openvino": "pip install 'edgeinfer[openvino]'   (openvino)",
+}
 
 
 @dataclass(frozen=True)
@@ -22,16 +32,30 @@ class TensorSpec:
     dtype: str              # numpy dtype name, e.g. "float32"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionOptions:
-    """Options common to all engines. None means default (the engine's own choice)."""
-    threads: int | None = None
-    device: str | None = None            # openvino: CPU/GPU/NPU/AUTO; cuda/tensorrt: device id
-    cache_dir: str | None = None         # engine caches (TensorRT engines, OpenVINO model cache)
-    performance_hint: str | None = None  # openvino: LATENCY | THROUGHPUT
-    fp16: bool | None = None             # tensorrt: allow FP16 kernels
-    int8: bool | None = None             # tensorrt: enable INT8 (QDQ models)
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Everything an engine needs besides the file, typed. None means the engine's default.
+
+    Built for ``edgeinfer.load``, the bench and the service by one function,
+    ``edgeinfer.runtime.selection.engine_options``, so that they cannot drift apart.
+    """
+    threads: int | None = None            # CPU inference threads (None: physical cores)
+    device: str | None = None             # openvino: CPU/GPU/NPU/AUTO; cuda/tensorrt: GPU index
+    precision: str | None = None          # the file's precision: TensorRT fp16/int8 kernels and
+                                          # OpenVINO's inference precision follow from it
+    cache_dir: str | None = None          # root of the engine caches (TensorRT, OpenVINO)
+    model_sha256: str | None = None       # the file's sha256 from the manifest: the engine-cache
+                                          # key without hashing the file again
+    input_shapes: Mapping[str, tuple] | None = None  # per-sample input shapes (no batch dim):
+                                          # TensorRT's min/opt/max optimisation profile
+    opt_batch: int | None = None          # tensorrt profile: the batch it is tuned for
+    max_batch: int | None = None          # tensorrt profile: the largest batch it accepts
+    performance_hint: str | None = None   # openvino: LATENCY | THROUGHPUT
+    static_batch: int | None = None       # openvino: compile a static batch (the NPU needs one)
+    batch1_static: bool = False           # openvino: add a static batch-1 model for single images
+    provider_options: Mapping[str, Any] | None = None  # raw onnxruntime EP options (advanced)
+    compile_config: Mapping[str, Any] | None = None    # raw OpenVINO compile config (advanced)
+    session_config: Mapping[str, str] | None = None    # onnxruntime session config entries
 
 
 class Session:

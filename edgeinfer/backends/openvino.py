@@ -20,11 +20,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InvalidOptionError, ProviderUnavailableError
-from .base import Session, SessionOptions, TensorSpec
+from .base import INSTALL, Session, SessionOptions, TensorSpec
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-INSTALL_HINT = "pip install 'edgeinfer[openvino]' (the openvino package)"
 
 _CORE = None
 _CORE_LOCK = threading.Lock()
@@ -35,7 +34,7 @@ def import_openvino():
         import openvino as ov
     except ImportError as e:
         raise ProviderUnavailableError(f"provider 'openvino' needs the openvino package, which is "
-                                       f"not installed. Install: {INSTALL_HINT}.") from e
+                                       f"not installed. Install: {INSTALL['openvino']}.") from e
     return ov
 
 
@@ -142,7 +141,7 @@ def _spec(p, *, dynamic_batch: bool = False) -> TensorSpec:
 class OpenVINOSession(Session):
     """OpenVINO session.
 
-    Batch handling (``SessionOptions.extra``): by default one dynamic-batch model, compiled from
+    Batch handling (``SessionOptions``): by default one dynamic-batch model, compiled from
     the ONNX path so that a model-cache hit skips reading the file. ``static_batch=N`` compiles a
     static batch N and runs any input in padded chunks of N (default on the NPU, whose compiler
     needs static shapes). ``batch1_static=True`` adds a static batch-1 model for single images
@@ -154,9 +153,9 @@ class OpenVINOSession(Session):
     """
     provider = "openvino"
 
-    def __init__(self, path: str | os.PathLike, *, options: SessionOptions | None = None,
-                 precision: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, options: SessionOptions | None = None):
         options = options or SessionOptions()
+        precision = options.precision
         c = core()
         path = Path(path)
         self.path = path
@@ -170,14 +169,12 @@ class OpenVINOSession(Session):
                 f"OpenVINO device {device!r} is not available here (available: "
                 f"{', '.join(avail) or 'none'}). GPU needs an Intel GPU and its compute runtime "
                 f"(intel-opencl-icd / level-zero); NPU needs the intel_vpu driver.")
-        extra = dict(options.extra or {})
-        static_batch = extra.pop("static_batch", None)
-        batch1_static = bool(extra.pop("batch1_static", False))
+        static_batch = options.static_batch
         if base == "NPU" and static_batch is None:
             static_batch = 1  # the NPU compiler needs static shapes
         from .cache import engine_cache_dir, model_sha256
 
-        sha = extra.pop("model_sha256", None) or model_sha256(path)
+        sha = options.model_sha256 or model_sha256(path)
         cache_dir = engine_cache_dir(engine="openvino", model_sha=sha,
                                      engine_version=openvino_version(),
                                      device=f"{device}-{precision or 'model'}", root=options.cache_dir)
@@ -185,7 +182,7 @@ class OpenVINOSession(Session):
         self.cache_hit = any(cache_dir.glob("*.blob"))
         self._cfg = compile_config(device=device, hint=options.performance_hint,
                                    threads=options.threads, cache_dir=cache_dir, precision=precision,
-                                   extra=extra.pop("compile_config", None))
+                                   extra=options.compile_config)
         self.device = device
         self.precision = precision
         self._lock = threading.Lock()
@@ -193,7 +190,7 @@ class OpenVINOSession(Session):
         self._static: _Compiled | None = None
         self._closed = False
         t0 = time.perf_counter()
-        sb = int(static_batch) if static_batch else (1 if batch1_static else None)
+        sb = int(static_batch) if static_batch else (1 if options.batch1_static else None)
         try:
             ir = self._static_ir(c, sb, required=bool(static_batch)) if sb else None
             if ir is not None:

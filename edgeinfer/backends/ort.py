@@ -16,18 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InvalidOptionError, ProviderUnavailableError
-from .base import Session, SessionOptions, TensorSpec
+from .base import INSTALL, Session, SessionOptions, TensorSpec
 
 EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
             "tensorrt": "TensorrtExecutionProvider"}
 
-INSTALL_HINT = {
-    "cpu": "pip install onnxruntime",
-    "cuda": ("pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' (onnxruntime-gpu, "
-             "CUDA 12 + cuDNN 9 libraries) and an NVIDIA driver"),
-    "tensorrt": ("pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' tensorrt "
-                 "(onnxruntime-gpu + TensorRT 10 libraries) and an NVIDIA driver"),
-}
 
 #: default TensorRT builder workspace (bytes): enough for image models, small for Jetsons
 DEFAULT_TRT_WORKSPACE = 2 << 30
@@ -143,6 +136,15 @@ def tensorrt_provider_options(*, device_id: int = 0, fp16: bool = False, int8: b
     return opts
 
 
+def tensorrt_precision_flags(precision: str | None) -> dict[str, bool]:
+    """TensorRT kernel flags for a file of ``precision`` (pure).
+
+    An FP16 file needs FP16 kernels; a QDQ INT8 file needs INT8 and also FP16, because the
+    layers its guard kept in float then run in FP16 rather than FP32. An FP32 file keeps FP32.
+    """
+    return {"fp16": precision in ("fp16", "int8"), "int8": precision == "int8"}
+
+
 def provider_chain(provider: str, *, device_id: int = 0, fp16: bool = False, int8: bool = False,
                    cache_dir: str | os.PathLike | None = None,
                    input_shapes: Mapping[str, tuple] | None = None,
@@ -172,12 +174,8 @@ def import_ort():
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ProviderUnavailableError(f"onnxruntime is not installed; {INSTALL_HINT['cpu']}") from e
+        raise ProviderUnavailableError(f"onnxruntime is not installed; {INSTALL['cpu']}") from e
     return ort
-
-
-def ort_version() -> str:
-    return import_ort().__version__
 
 
 def _device_id(options: SessionOptions) -> int:
@@ -207,12 +205,11 @@ class OrtSession(Session):
         if ep not in available:
             raise ProviderUnavailableError(
                 f"provider {provider!r} needs {ep}, which this onnxruntime ({ort.__version__}) "
-                f"does not have (it has: {', '.join(available)}). Install: {INSTALL_HINT[provider]}.")
+                f"does not have (it has: {', '.join(available)}). Install: {INSTALL[provider]}.")
         path = Path(path)
         self.provider = provider
         self.path = path
         self.options = options
-        extra = dict(options.extra or {})
 
         so = ort.SessionOptions()
         cfg = cpu_session_config(options.threads)
@@ -220,31 +217,32 @@ class OrtSession(Session):
         so.intra_op_num_threads = cfg["intra_op_num_threads"]
         so.inter_op_num_threads = cfg["inter_op_num_threads"]
         so.execution_mode = getattr(ort.ExecutionMode, cfg["execution_mode"])
-        so.log_severity_level = int(extra.pop("log_severity_level", 3))
-        for k, v in dict(extra.pop("session_config", {})).items():
+        so.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
+        for k, v in dict(options.session_config or {}).items():
             so.add_session_config_entry(str(k), str(v))
         self.threads = cfg["intra_op_num_threads"]
 
+        flags = tensorrt_precision_flags(options.precision)
         cache_dir = None
         self.cache_hit = None
         if provider == "tensorrt":
             from .cache import engine_cache_dir, model_sha256
 
-            sha = extra.pop("model_sha256", None) or model_sha256(path)
-            root = options.cache_dir
+            sha = options.model_sha256 or model_sha256(path)
             cache_dir = engine_cache_dir(engine="tensorrt", model_sha=sha,
                                          engine_version=f"ort{ort.__version__}-{_trt_version()}",
                                          device=f"gpu{_device_id(options)}-"
-                                                f"{'fp16' if options.fp16 else 'fp32'}"
-                                                f"{'-int8' if options.int8 else ''}", root=root)
+                                                f"{'fp16' if flags['fp16'] else 'fp32'}"
+                                                f"{'-int8' if flags['int8'] else ''}",
+                                         root=options.cache_dir)
             self.cache_hit = any(cache_dir.glob("*.engine"))
         self.cache_dir = cache_dir
-        input_shapes = extra.pop("input_shapes", None)
-        trt_kw = {k: extra.pop(k) for k in ("opt_batch", "max_batch", "workspace_bytes") if k in extra}
+        trt_kw = {k: v for k, v in (("opt_batch", options.opt_batch),
+                                    ("max_batch", options.max_batch)) if v is not None}
         providers = provider_chain(provider, device_id=_device_id(options) if provider != "cpu" else 0,
-                                   fp16=bool(options.fp16), int8=bool(options.int8),
-                                   cache_dir=cache_dir, input_shapes=input_shapes,
-                                   extra=extra.pop("provider_options", None), **trt_kw)
+                                   fp16=flags["fp16"], int8=flags["int8"], cache_dir=cache_dir,
+                                   input_shapes=options.input_shapes,
+                                   extra=options.provider_options, **trt_kw)
         t0 = time.perf_counter()
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=so,
@@ -253,7 +251,7 @@ class OrtSession(Session):
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... classes
             if provider != "cpu":
                 raise ProviderUnavailableError(f"{ep} could not create a session for {path.name}: "
-                                               f"{e}. Install: {INSTALL_HINT[provider]}.") from e
+                                               f"{e}. Install: {INSTALL[provider]}.") from e
             from ..errors import ArtifactError
 
             raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
@@ -263,7 +261,7 @@ class OrtSession(Session):
             raise ProviderUnavailableError(
                 f"{ep} was requested but onnxruntime fell back to {', '.join(got)} (its CUDA/"
                 f"TensorRT libraries failed to load; see the onnxruntime log). Install: "
-                f"{INSTALL_HINT[provider]}.")
+                f"{INSTALL[provider]}.")
         self.device = "CPU" if provider == "cpu" else f"cuda:{_device_id(options)}"
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _DTYPES.get(i.type, i.type))
                        for i in self._sess.get_inputs()]

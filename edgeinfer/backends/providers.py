@@ -1,50 +1,22 @@
-"""Which engines are usable here (``detect``) and which one + which precision to use (``select``).
+"""Which engines this machine has (``detect``), each with the reason it is usable or not.
 
-Selection is explicit and explainable (DESIGN.md): ``provider="auto"`` picks
-TensorRT > CUDA > OpenVINO GPU/NPU > the faster CPU engine for this model, and the returned
-``Selection`` carries the reason. A requested engine that is missing raises
-``ProviderUnavailableError`` naming what to install; there is never a silent fallback.
-
-The faster CPU engine: ``<artifact>/tuning.json`` for this machine (written by
-``edgeinfer bench``) when present; otherwise a heuristic: OpenVINO CPU on Intel x86 CPUs when the
-openvino package is installed (OpenVINO's CPU plugin is Intel's own, tuned for their VNNI/AMX
-kernels), ONNX Runtime CPU everywhere else (AMD, ARM, no openvino). Measured on an AMD EPYC Zen 4
-(2 shared cores, random weights, batch 1, interleaved runs, heavily loaded so noisy) there was no
-consistent winner: ORT/OpenVINO latency ratio 0.89 (mobilevit_s fp32), 1.09 (mobilevit_s int8),
-0.67 (mobilenetv3_large_100), 0.97 (resnet18) with 1 thread; an earlier, quieter run with 2
-threads had OpenVINO ahead on mobilevit_s (57 vs 108 ms). Where speed is a toss-up ORT wins on
-cost: peak RSS 116 vs ~180 MB (mobilevit_s INT8, load + classify) and a faster cold start.
-
-``precision="auto"``: the tuned precision when present; else int8 on CPUs/NPUs with fast INT8
-dot products (VNNI / AMX / ARM dotprod) when the artifact has an INT8 file whose accuracy guard
-did not fail, fp16 on GPUs when the artifact has an FP16 file, fp32 otherwise.
+Cheap probes first (files, package metadata), engine imports only when needed. Deciding which
+engine to use is not done here: that is ``edgeinfer.runtime.selection``, the one owner of
+selection.
 """
 from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from ..errors import InvalidOptionError, ProviderUnavailableError
-from .base import PROVIDERS
-from .hw import cpu_info, machine_key
 
-PRECISIONS = ("fp32", "fp16", "int8")
-TUNING_FILE = "tuning.json"
-
-INSTALL = {
-    "cpu": "pip install onnxruntime",
-    "cuda": "pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]'   (onnxruntime-gpu; CUDA 12 + cuDNN 9)",
-    "tensorrt": "pip uninstall -y onnxruntime && pip install 'edgeinfer[gpu]' tensorrt   (onnxruntime-gpu + TensorRT 10)",
-    "openvino": "pip install 'edgeinfer[openvino]'   (openvino)",
-}
+from .base import INSTALL
 
 
 @dataclass
@@ -67,22 +39,6 @@ class ProviderStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Selection:
-    provider: str
-    device: str
-    precision: str
-    reason: str
-    tuned: bool = False            # came from tuning.json measured on this machine
-    threads: int | None = None     # from tuning.json, when measured
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return f"{self.provider}/{self.device}/{self.precision} ({self.reason})"
 
 
 # ------------------------------------------------------------------ probes (cheap, no heavy imports)
@@ -266,184 +222,8 @@ def status_map(statuses: list[ProviderStatus] | None = None) -> dict[str, Provid
     return {s.name: s for s in (statuses if statuses is not None else detect())}
 
 
-# ------------------------------------------------------------------ tuning.json
-def tuning_key() -> str:
-    """The machine key under which ``edgeinfer bench`` records tuning for this machine."""
-    return machine_key()
-
-
-def read_tuning(artifact: Any) -> dict | None:
-    """This machine's entry of ``<artifact>/tuning.json``, or None."""
-    d = getattr(artifact, "dir", artifact)
-    if d is None:
-        return None
-    p = Path(d) / TUNING_FILE
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    entry = data.get(tuning_key()) if isinstance(data, dict) else None
-    return entry if isinstance(entry, dict) else None
-
-
-# ------------------------------------------------------------------ selection
-def _validate(provider: str, precision: str) -> tuple[str, str | None]:
-    """-> (provider, openvino device or None). Accepts 'openvino:GPU' style device suffixes."""
-    valid_p = ("auto", *PROVIDERS)
-    valid_x = ("auto", *PRECISIONS)
-    if not isinstance(provider, str):
-        raise InvalidOptionError.choice("provider", provider, valid_p)
-    name, _, dev = provider.partition(":")
-    name = name.strip().lower()
-    if name not in valid_p:
-        raise InvalidOptionError.choice("provider", provider, valid_p)
-    if precision not in valid_x:
-        raise InvalidOptionError.choice("precision", precision, valid_x)
-    if dev and name != "openvino" and not (name in ("cuda", "tensorrt") and dev.isdigit()):
-        raise InvalidOptionError(f"provider {provider!r}: a device suffix is valid for openvino "
-                                 f"(openvino:CPU|GPU|NPU|AUTO) or a GPU index for cuda/tensorrt")
-    return name, (dev.upper() if name == "openvino" else dev) or None
-
-
-def int8_guard_ok(entry: dict | None) -> tuple[bool, str]:
-    """Whether an INT8 file's recorded accuracy guard passed (missing record: allowed, said so)."""
-    if not entry:
-        return False, "no INT8 file"
-    for key in ("guard", "accuracy_guard", "fidelity", "quantization"):
-        v = entry.get(key)
-        if isinstance(v, dict):
-            for k in ("passed", "within_budget", "ok"):
-                if k in v:
-                    return bool(v[k]), f"INT8 accuracy guard {'passed' if v[k] else 'failed'}"
-    budget = (entry.get("quantization") or {}).get("budget")
-    if isinstance(budget, dict) and budget.get("text"):
-        # `edgeinfer quantize` only adds an INT8 file that met its budget
-        return True, f"INT8 accuracy guard passed at quantization ({budget['text']})"
-    return True, "INT8 file has no guard record"
-
-
-def _auto_precision(provider: str, device: str, have: list[str], artifact: Any,
-                    cpu: dict) -> tuple[str, str]:
-    gpu = provider in ("cuda", "tensorrt") or (provider == "openvino" and device.startswith("GPU"))
-    npu = provider == "openvino" and device.startswith("NPU")
-    fast_int8 = cpu["int8_tier"] in ("amx", "vnni", "arm-dotprod")
-    if "int8" in have and (npu or provider == "tensorrt" or (not gpu and fast_int8)):
-        entry = artifact.files().get("int8") if artifact is not None else None
-        ok, why = int8_guard_ok(entry)
-        if ok:
-            where = "NPU" if npu else ("TensorRT" if provider == "tensorrt" else
-                                      f"CPU with fast INT8 ({cpu['int8_tier']})")
-            return "int8", f"int8 on {where}; {why}"
-    if (gpu or npu) and "fp16" in have:
-        return "fp16", "fp16 on a GPU/NPU"
-    if "fp32" in have:
-        why = "fp32 (no fast INT8 on this CPU)" if not gpu and not fast_int8 and "int8" in have else "fp32"
-        return "fp32", why
-    if have:
-        return have[0], f"{have[0]} (the only precision in the artifact)"
-    return "fp32", "fp32 (artifact lists no files)"
-
-
-def select(provider: str = "auto", *, artifact: Any = None, precision: str = "auto",
-           statuses: list[ProviderStatus] | None = None, cpu: dict | None = None) -> Selection:
-    """Choose provider, device and precision, with the reason.
-
-    ``artifact`` (an ``Artifact``) gives the available precisions and tuning.json; ``statuses``
-    and ``cpu`` are for tests (default: ``detect``-style probes of this machine, done lazily so
-    that an explicit ``provider="cpu"`` never imports openvino).
-    """
-    name, dev = _validate(provider, precision)
-    cpu = cpu or cpu_info()
-    have = artifact.precisions() if artifact is not None else list(PRECISIONS)
-    if precision != "auto" and artifact is not None and precision not in have:
-        artifact.entry(precision)  # raises ArtifactError saying which precisions exist
-
-    tuning = read_tuning(artifact) if artifact is not None else None
-    st = status_map(statuses) if statuses is not None else None
-
-    def status(p: str) -> ProviderStatus:
-        nonlocal st
-        if st is not None and p in st:
-            return st[p]
-        if p == "openvino":
-            s = _detect_openvino()
-        else:
-            s = {x.name: x for x in _detect_ort()}[p]
-        st = {**(st or {}), p: s}
-        return s
-
-    reason_prefix = ""
-    if name == "auto":
-        chosen, device, reason_prefix = _auto_provider(status, tuning, cpu, known=set(st or ()))
-        tuned_provider = reason_prefix.startswith("tuned")
-    else:
-        s = status(name)
-        if not s.available:
-            raise ProviderUnavailableError(f"provider {name!r} is not available: {s.reason}. "
-                                           f"Install: {s.install}")
-        chosen = name
-        if name == "openvino":
-            device = dev or "CPU"
-            ok = [d for d in s.device_status if d.device.split(".")[0] == device.split(".")[0]]
-            if device != "AUTO" and not any(d.available for d in ok):
-                why = ok[0].reason if ok else f"available: {', '.join(s.devices)}"
-                raise ProviderUnavailableError(f"OpenVINO device {device} is not available: {why}")
-        elif name in ("cuda", "tensorrt"):
-            device = f"cuda:{dev or 0}"
-        else:
-            device = "CPU"
-        reason_prefix = "requested"
-        tuned_provider = False
-
-    tuned_ok = (tuning is not None and tuning.get("provider") == chosen
-                and tuning.get("precision") in have)
-    if precision != "auto":
-        prec, preason = precision, "requested"
-    elif tuned_ok:
-        prec, preason = tuning["precision"], (f"tuned on this machine ({tuning.get('latency_ms', '?')} "
-                                              f"ms, measured {tuning.get('measured', '?')})")
-    else:
-        prec, preason = _auto_precision(chosen, device, have, artifact, cpu)
-    threads = tuning.get("threads") if tuned_ok else None
-    return Selection(chosen, device, prec, f"provider: {reason_prefix}; precision: {preason}",
-                     tuned=bool(tuned_provider or (precision == "auto" and tuned_ok)), threads=threads)
-
-
-def _auto_provider(status, tuning: dict | None, cpu: dict, known: set = frozenset()
-                   ) -> tuple[str, str, str]:
-    # without an NVIDIA driver neither GPU provider can work: don't even import onnxruntime
-    # (an OpenVINO process then stays free of it: less memory, faster start)
-    if known & {"tensorrt", "cuda"} or nvidia_driver()[0]:
-        for p in ("tensorrt", "cuda"):
-            s = status(p)
-            if s.available:
-                return p, (s.devices or ["cuda:0"])[0], f"{p}: {s.reason}"
-    skipped = []
-    # only ask OpenVINO about GPU/NPU when a device node suggests one (importing it costs ~0.3 s)
-    if openvino_installed() and (intel_gpu_present() or npu_present()):
-        s = status("openvino")
-        for kind in ("GPU", "NPU"):
-            devs = [d for d in s.devices if d.startswith(kind)]
-            if devs:
-                return "openvino", devs[0], f"OpenVINO {devs[0]} (Intel {kind})"
-    else:
-        skipped.append("no NVIDIA GPU, no Intel GPU/NPU")
-    if tuning and tuning.get("provider") in ("cpu", "openvino"):
-        tp = tuning["provider"]
-        if tp == "cpu" or openvino_installed():
-            return tp, "CPU", (f"tuned on this machine: {tp} measured fastest "
-                               f"({tuning.get('latency_ms', '?')} ms, {tuning.get('measured', '?')})")
-    x86 = not cpu["isa"]["arm"]
-    intel = x86 and cpu.get("vendor") == "GenuineIntel"
-    pre = f"{'; '.join(skipped) + '; ' if skipped else ''}"
-    if intel and openvino_installed():
-        return "openvino", "CPU", (f"{pre}heuristic: OpenVINO CPU on an Intel CPU (run "
-                                   f"`edgeinfer bench` to measure this model here)")
-    why = ("ARM CPU" if not x86 else "openvino not installed" if not openvino_installed()
-           else f"{cpu.get('vendor') or 'non-Intel'} CPU: OpenVINO not reliably faster, ORT uses "
-                f"less memory; run `edgeinfer bench` to measure this model here")
-    if not status("cpu").available:
-        raise ProviderUnavailableError(f"no usable engine: {status('cpu').reason}. Install: {INSTALL['cpu']}")
-    return "cpu", "CPU", f"{pre}heuristic: ONNX Runtime CPU ({why})"
+def detect_one(name: str) -> ProviderStatus:
+    """One engine's status (imports only that engine's library)."""
+    if name == "openvino":
+        return _detect_openvino()
+    return {s.name: s for s in _detect_ort()}[name]

@@ -26,7 +26,7 @@ def _recipe_quantize_cfg(manifest: dict) -> dict:
     if isinstance(rq, dict) and rq:
         return rq
     try:
-        from ..export.recipes import get_recipe
+        from ..catalog import get_recipe
 
         return dict(get_recipe(manifest["model"]["name"]).quantize)
     except Exception:  # unknown / pass-through model: no transformer-specific rules

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,16 +25,11 @@ import numpy as np
 from ..errors import EdgeInferError, ImageError, InvalidOptionError
 from .artifact import Artifact
 
-DEFAULT_BATCH_SIZE = 16      # GPUs (cuda, tensorrt, OpenVINO GPU/NPU): batching pays off there
-DEFAULT_CPU_BATCH_SIZE = 1   # CPU engines: batch 16 bought ~10% throughput on mobilevit_s INT8
-                             # here but tripled peak RSS (111 -> 365 MB); a serving process
-                             # wants the small footprint
+# the batch policy is part of the selection (runtime/selection.py); re-exported for callers
+from .selection import DEFAULT_CPU_BATCH_SIZE, default_batch_size  # noqa: E402,F401
+from .selection import DEFAULT_GPU_BATCH_SIZE as DEFAULT_BATCH_SIZE  # noqa: E402,F401
+
 DECODE_CHUNK = 8             # images decoded together (in parallel) whatever the inference batch
-
-
-def default_batch_size(provider: str, device: str | None) -> int:
-    on_cpu = provider == "cpu" or (provider == "openvino" and str(device or "CPU").upper().startswith("CPU"))
-    return DEFAULT_CPU_BATCH_SIZE if on_cpu else DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -107,9 +102,10 @@ class Model:
 
     def __init__(self, artifact: Artifact, session, selection, *, batch_size: int | None = None,
                  decode_workers: int | None = None, draft: bool = True,
-                 session_options: Any = None):
+                 engine_kw: dict | None = None):
         if batch_size is None:
-            batch_size = default_batch_size(selection.provider, selection.device)
+            batch_size = getattr(selection, "batch_size", None) or \
+                default_batch_size(selection.provider, selection.device)
         if int(batch_size) < 1:
             raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
         self.artifact = artifact
@@ -118,7 +114,7 @@ class Model:
         self.batch_size = int(batch_size)
         self.decode_workers = decode_workers
         self.draft = draft
-        self._session_options = session_options
+        self._engine_kw = dict(engine_kw or {})   # load's engine options, for the other towers
         self._towers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.zero_shot_cache: dict = {}   # for edgeinfer.runtime.zero_shot (text embeddings)
@@ -189,15 +185,16 @@ class Model:
             if tower in self._towers:
                 return self._towers[tower]
             from ..backends import create_session
+            from .selection import engine_options
 
             have = self.artifact.precisions(tower)
             if not have:
                 raise EdgeInferError(f"artifact {self.artifact.dir} has no {tower} tower")
             prec = self.precision if self.precision in have else ("fp32" if "fp32" in have else have[0])
             path = self.artifact.path(prec, tower)
-            opts = _copy_options(self._session_options, self.artifact.entry(prec, tower), prec,
-                                 self.provider, input_shapes=None)
-            s = create_session(path, provider=self.provider, options=opts, precision=prec)
+            opts = engine_options(self.selection, self.artifact, tower=tower, precision=prec,
+                                  batch_size=self.batch_size, **self._engine_kw)
+            s = create_session(path, provider=self.provider, options=opts)
             self._towers[tower] = s
             return s
 
@@ -311,24 +308,6 @@ _LOAD_OPTIONS = ("batch_size", "device", "performance_hint", "cache_dir", "decod
                  "draft", "verify", "session_extra")
 
 
-def _copy_options(base, entry: dict, precision: str, provider: str, *, input_shapes):
-    from ..backends.base import SessionOptions
-
-    b = base or SessionOptions()
-    extra = dict(b.extra or {})
-    extra["model_sha256"] = entry.get("sha256")
-    if input_shapes is not None and provider == "tensorrt":
-        extra["input_shapes"] = input_shapes
-    else:
-        extra.pop("input_shapes", None)
-    if not extra["model_sha256"]:
-        extra.pop("model_sha256")
-    return SessionOptions(threads=b.threads, device=b.device, cache_dir=b.cache_dir,
-                          performance_hint=b.performance_hint,
-                          fp16=provider == "tensorrt" and precision in ("fp16", "int8"),
-                          int8=provider == "tensorrt" and precision == "int8", extra=extra)
-
-
 def load(artifact_dir: str | os.PathLike | Artifact, *, precision: str = "auto",
          provider: str = "auto", threads: int | None = None, **options: Any) -> Model:
     """Load an artifact for inference on the best (or the requested) engine.
@@ -339,50 +318,32 @@ def load(artifact_dir: str | os.PathLike | Artifact, *, precision: str = "auto",
     Options: batch_size (1 on CPU engines, 16 on GPUs), device (OpenVINO device or GPU index), performance_hint
     (OpenVINO LATENCY | THROUGHPUT), cache_dir (engine caches; default $EDGEINFER_CACHE or
     ~/.cache/edgeinfer), decode_workers (image decode threads), draft (JPEG draft decoding,
-    True), verify (check the file's sha256, True), session_extra (engine-specific dict).
+    True), verify (check the file's sha256, True), session_extra (more engine options by name,
+    e.g. ``{"batch1_static": True}``; see ``edgeinfer.backends.SessionOptions``).
     """
     from ..backends import create_session
-    from ..backends.base import SessionOptions
-    from ..backends.providers import select
+    from .selection import engine_options, select
 
     unknown = sorted(set(options) - set(_LOAD_OPTIONS))
     if unknown:
         raise InvalidOptionError(f"unknown option(s) {', '.join(unknown)}; valid options: "
                                  f"precision, provider, threads, {', '.join(_LOAD_OPTIONS)}")
     art = artifact_dir if isinstance(artifact_dir, Artifact) else Artifact(Path(artifact_dir))
-    device = options.get("device")
-    prov = provider
-    if device is not None and provider == "openvino":
-        prov = f"openvino:{device}"
-    elif device is not None and provider in ("cuda", "tensorrt"):
-        prov = f"{provider}:{str(device).split(':')[-1]}"
-    elif device is not None and not (provider == "cpu" and str(device).upper() == "CPU"):
-        raise InvalidOptionError(f"device={device!r} needs an explicit provider: 'openvino' "
-                                 f"(CPU/GPU/NPU/AUTO) or 'cuda'/'tensorrt' (a GPU index)")
-    sel = select(prov, artifact=art, precision=precision)
-    entry = art.entry(sel.precision)
-    path = art.path(sel.precision, verify=options.get("verify", True))
-    if threads is not None and int(threads) < 1:
-        raise InvalidOptionError(f"threads must be >= 1 (got {threads}); None means automatic")
-    c, h, w = art.preprocess["input_size"]
-    in_name = (entry.get("inputs") or [{}])[0].get("name", "pixel_values")
+    sel = select(provider, artifact=art, precision=precision, device=options.get("device"))
     batch_size = options.get("batch_size")
-    batch_size = default_batch_size(sel.provider, sel.device) if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
-    extra = dict(options.get("session_extra") or {})
-    if sel.provider == "tensorrt":
-        extra.setdefault("max_batch", max(32, batch_size))
-        extra.setdefault("opt_batch", min(batch_size, extra["max_batch"]))
-    base = SessionOptions(threads=threads or sel.threads,
-                          device=sel.device if sel.provider != "cpu" else None,
-                          cache_dir=options.get("cache_dir"),
-                          performance_hint=options.get("performance_hint"), extra=extra)
-    opts = _copy_options(base, entry, sel.precision, sel.provider, input_shapes={in_name: (c, h, w)})
-    session = create_session(path, provider=sel.provider, options=opts, precision=sel.precision)
-    return Model(art, session, sel, batch_size=batch_size,
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise InvalidOptionError(f"batch_size must be >= 1 (got {batch_size})")
+        sel = replace(sel, batch_size=int(batch_size))
+    engine_kw = {"threads": threads, "cache_dir": options.get("cache_dir"),
+                 "performance_hint": options.get("performance_hint"),
+                 "overrides": options.get("session_extra")}
+    opts = engine_options(sel, art, **engine_kw)
+    path = art.path(sel.precision, verify=options.get("verify", True))
+    session = create_session(path, provider=sel.provider, options=opts)
+    return Model(art, session, sel, batch_size=sel.batch_size,
                  decode_workers=options.get("decode_workers"), draft=options.get("draft", True),
-                 session_options=base)
+                 engine_kw=engine_kw)
 
 
 __all__ = ["Failure", "Model", "Results", "load", "ImageError"]
