@@ -83,3 +83,11 @@ class AccuracyBudgetError(QuantizationError):
 
 class LabelError(EdgeInferError, ValueError):
     """Bad zero-shot labels (empty list, duplicates...)."""
+
+
+class CategoryError(EdgeInferError, ValueError):
+    """A few-shot user category that cannot be built or used (too few examples, unknown name...)."""
+
+
+class EmbeddingModelMismatchError(CategoryError):
+    """Categories built on embeddings of one model version used with another model's embeddings."""
