@@ -123,6 +123,7 @@ function initToken() {
     else return;
     updateTokenButton();
     loadModels();
+    if (!$("#view-library").classList.contains("hidden")) loadLibrary();
   });
   updateTokenButton();
 }
@@ -143,9 +144,6 @@ async function pollHealth() {
     const n = listOf(h.models).length;
     const rss = h.rss_mb != null ? ` · ${Math.round(h.rss_mb)} MB` : "";
     setStatus("ok", `● ${n} model${n === 1 ? "" : "s"}${rss}`);
-    const roots = listOf(h, "library_roots", "roots");
-    const root = roots[0] || h.library_root;
-    if (root && !$("#scan-path").value) $("#scan-path").value = root;
     if ($("#global-error").dataset.kind === "down") showGlobal("");
   } catch (e) {
     setStatus("err", "server down");
@@ -234,21 +232,31 @@ function updateButtons() {
 }
 
 // ------------------------------------------------------------------ classify
+// The accuracy cost vs FP32 recorded in the artifact for the precision this model runs in:
+// labelled top-1 when the export had labelled images, else fidelity (top-1 agreement / cosine).
 function accuracyText(m) {
-  const a = m.accuracy;
-  if (String(m.precision).toLowerCase() === "fp32") return "FP32: the reference precision";
-  if (a === null || a === undefined || a === "") return "no accuracy-vs-FP32 record in its manifest";
-  if (typeof a === "string") return a;
+  const prec = String(m.precision || "").toLowerCase();
+  let a = m.accuracy;
+  if (a && typeof a === "object" && !Array.isArray(a) && (prec in a || ["fp32", "fp16", "int8"].some((k) => k in a))) a = a[prec];
+  if (typeof a === "string" && a) return a;
   if (typeof a === "number") return `accuracy vs FP32: ${a}`;
-  if (a.text || a.summary) return a.text || a.summary;
+  const parity = a && typeof a === "object" ? (a.parity || a.fidelity || a) : null;
+  const n = (x) => (x && (x.images ?? x.n) ? ` (${x.images ?? x.n} images)` : "");
+  if (prec === "fp32") {
+    const c = parity ? (parity.cosine_min ?? parity.cosine_mean) : null;
+    return c != null ? `FP32 reference · matches PyTorch, cosine ≥ ${Number(c).toFixed(5)}${n(parity)}` : "FP32: the reference precision";
+  }
+  if (!a || typeof a !== "object") return "no accuracy-vs-FP32 record in its manifest";
+  const lab = a.labelled;
+  if (lab && lab.top1 != null && lab.fp32_top1 != null) {
+    const d = lab.drop_points ?? 100 * (lab.fp32_top1 - lab.top1);
+    return `top-1 ${pct(lab.top1)} vs ${pct(lab.fp32_top1)} in FP32 (${d > 0 ? "−" : "+"}${Math.abs(d).toFixed(1)} pts)${n(lab)}`;
+  }
   const parts = [];
-  const n = a.n ?? a.images;
-  if (a.top1_agreement != null) parts.push(`top-1 agrees with FP32 on ${pct(a.top1_agreement)}`);
-  else if (a.drop != null) parts.push(`${a.drop} ${a.unit || "points"} below FP32`);
-  if (a.top1_agreement == null && a.cosine_mean != null) parts.push(`cosine to FP32 ${Number(a.cosine_mean).toFixed(4)}`);
-  if (a.accuracy != null && a.fp32_accuracy != null) parts.push(`top-1 ${pct(a.accuracy)} vs ${pct(a.fp32_accuracy)} in FP32`);
-  if (!parts.length) return `accuracy vs FP32: ${JSON.stringify(a)}`;
-  return parts.join(", ") + (n ? ` (${n} images)` : "");
+  if (parity.top1_agreement != null) parts.push(`top-1 agrees with FP32 on ${pct(parity.top1_agreement)}`);
+  if (parity.cosine_mean != null) parts.push(`cosine to FP32 ${Number(parity.cosine_mean).toFixed(4)}`);
+  if (!parts.length) return "no accuracy-vs-FP32 record in its manifest";
+  return parts.join(" · ") + n(parity);
 }
 
 function makeCard(m) {
@@ -342,9 +350,12 @@ async function classifyWithSet() {
     if (!names) return { error: `No list of ${SET_TITLES[set] || set} names to map this classifier onto (load a CLIP model that carries the set).`, timeMs: r.timeMs };
     const mapped = mapOntoSet(r.labels, names);
     if (!mapped) return { error: `None of this classifier's labels matches a ${SET_TITLES[set] || set} name; choose another label set or “Each model's own labels”.`, timeMs: r.timeMs };
+    const title = SET_TITLES[set] || set;
+    const whole = mapped.matched === names.length && mapped.covered > 0.999;
     return {
       labels: mapped.labels, timeMs: r.timeMs,
-      note: `its labels mapped onto ${mapped.matched} of ${names.length} ${SET_TITLES[set] || set} names (${pct(mapped.covered)} of its probability)`,
+      note: whole ? `its own labels are the ${title} classes`
+        : `its labels mapped onto ${mapped.matched} of ${names.length} ${title} names (${pct(mapped.covered)} of its probability)`,
     };
   });
 }
@@ -442,6 +453,7 @@ async function scan() {
       const j = await api(`/v1/library/jobs/${encodeURIComponent(job)}`);
       if (setScanProgress(j, startedAt)) {
         if (j.error) showError("#library-error", `The scan stopped: ${j.error}`);
+        loadLibrary();
         break;
       }
       await sleep(400);
@@ -485,7 +497,7 @@ function tile(p, { score, keep } = {}) {
 
 function showHits(data, caption) {
   const hits = listOf(data, "results", "photos", "hits", "matches");
-  $("#library-caption").textContent = hits.length ? caption : `${caption}: nothing found (scan a folder first?)`;
+  $("#library-caption").textContent = hits.length ? caption : `${caption}: nothing found${data.note ? ` (${data.note})` : " (scan a folder first?)"}`;
   $("#library-results").replaceChildren(el("div", { class: "grid" }, hits.map((h) => tile(h.photo || h, { score: h.score }))));
 }
 
@@ -507,13 +519,15 @@ async function similar(id) {
 
 async function duplicates() {
   showError("#library-error", "");
-  const t = $("#dups-threshold").value || "0.95";
+  // An empty threshold leaves the choice to the server's default.
+  const t = $("#dups-threshold").value.trim();
   let data;
-  try { data = await api(`/v1/duplicates?threshold=${encodeURIComponent(t)}`); } catch (e) { showError("#library-error", e.message); return; }
+  try { data = await api(`/v1/duplicates${t ? `?threshold=${encodeURIComponent(t)}` : ""}`); } catch (e) { showError("#library-error", e.message); return; }
   const groups = listOf(data, "groups", "duplicates");
+  const at = t ? ` at similarity ≥ ${t}` : "";
   $("#library-caption").textContent = groups.length
-    ? `${groups.length} group${groups.length === 1 ? "" : "s"} of near-duplicates (similarity ≥ ${t}); the suggested keeper (largest resolution, then largest file) is marked KEEP`
-    : `No near-duplicates at similarity ≥ ${t}.`;
+    ? `${groups.length} group${groups.length === 1 ? "" : "s"} of near-duplicates${at}; the suggested keeper (largest resolution, then largest file) is marked KEEP`
+    : `No near-duplicates${at}.`;
   $("#library-results").replaceChildren(...groups.map((g, i) => {
     const photos = listOf(g, "photos", "members", "items");
     const keeper = g.keep ?? g.keeper ?? g.keep_id;
@@ -578,6 +592,23 @@ function tagsBlocks(tags) {
   ]);
 }
 
+// The library's size and roots: the first root pre-fills the folder to scan.
+async function loadLibrary() {
+  try {
+    const lib = await api("/v1/library");
+    const roots = listOf(lib, "roots", "library_roots");
+    if (roots[0] && !$("#scan-path").value) $("#scan-path").value = roots[0];
+    const parts = [];
+    if (lib.photos != null) parts.push(`${lib.photos} photo${lib.photos === 1 ? "" : "s"} in the library`);
+    if (lib.failed) parts.push(`${lib.failed} unreadable`);
+    if (roots.length) parts.push(`scannable under ${roots.join(", ")}`);
+    $("#library-stats").textContent = parts.join(" · ");
+  } catch (e) {
+    $("#library-stats").textContent = "";
+    if (e.status !== 401) showError("#library-error", e.message);
+  }
+}
+
 // ------------------------------------------------------------------ tabs + start
 function showView(name) {
   for (const v of ["classify", "library"]) {
@@ -587,6 +618,7 @@ function showView(name) {
     tab.setAttribute("aria-selected", String(v === name));
   }
   if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+  if (name === "library") loadLibrary();
 }
 
 function init() {
