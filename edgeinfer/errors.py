@@ -81,6 +81,14 @@ class AccuracyBudgetError(QuantizationError):
     """The quantized model cannot meet the accuracy budget even with nodes kept in float."""
 
 
+class DatasetError(EdgeInferError, ValueError):
+    """A labelled dataset that cannot be used (empty, classes that match no label...)."""
+
+
+class BenchError(EdgeInferError):
+    """The benchmark cannot run at all (nothing to measure, no photo files for --pipeline...)."""
+
+
 class LabelError(EdgeInferError, ValueError):
     """Bad zero-shot labels (empty list, duplicates...)."""
 

@@ -17,14 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import EdgeInferError, InvalidOptionError
+from ..errors import DatasetError, InvalidOptionError  # noqa: F401 - DatasetError re-exported
 from ..runtime.preprocess import list_images
 
 _SYNSET = re.compile(r"^(n\d{8})(?:_|$)")
-
-
-class DatasetError(EdgeInferError, ValueError):
-    """A labelled dataset that cannot be used (empty, classes that match no label...)."""
 
 
 @lru_cache(maxsize=1)
