@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != modname:
                 raise
             continue
-        sp = sub.add_parser(verb, help=help_, description=help_)
+        # "resolve": a verb may define its own --verbose (same dest) over the common one
+        sp = sub.add_parser(verb, help=help_, description=help_, conflict_handler="resolve")
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="show progress details and the libraries' own warnings and logs")
         mod.add_parser(sp)
         sp.set_defaults(_run=mod.run)
     return p
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from edgeinfer.cli.output import quiet_libraries
+
+    quiet_libraries(verbose=getattr(args, "verbose", False))
     try:
         return int(args._run(args) or 0)
     except EdgeInferError as e:
