@@ -59,7 +59,7 @@ function explain(status, msg) {
     case 401: return "This server needs an access token: enter it with the Token button (top right).";
     case 403: return msg || "The server refused: that is outside what it may read.";
     case 404: return msg || "The server does not know that item.";
-    case 413: return `This upload is too large for the server${said}. Choose a smaller image.`;
+    case 413: return `The server refused this upload as too large${said}. Choose a smaller image.`;
     case 422: return msg || "The server could not use this input.";
     case 503: return `The server is busy (its request queue is full)${said}. Try again in a few seconds.`;
     default:
@@ -388,8 +388,10 @@ async function runCards(models, caption, ask) {
     try {
       out = await ask(m, names);
     } catch (e) {
-      out = { error: e.message };
-      if (e.status === 413 || e.status === 0) showError("#classify-error", e.message);
+      // Whole-request failures are said once above the cards, not once per card.
+      const shared = { 413: "Not classified: the upload is too large (see above).", 0: "Not classified: the server cannot be reached." };
+      out = { error: shared[e.status] || e.message };
+      if (e.status in shared) showError("#classify-error", e.message);
     }
     if (run === state.run) fillCard(cards[i], out);
   }));
