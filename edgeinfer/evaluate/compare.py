@@ -9,7 +9,7 @@ How a model's outputs become scores over the data set's K classes:
 
 - a classifier: its classes are matched to the data set's by name (``dataset_spec``); a model
   that lacks any of them is reported as not covering the data set and is not scored (a zero
-  would be a lie). Its logits are restricted to the K matched classes and soft-maxed, so every
+  would be a lie); its time, size and memory are still measured. Its logits are restricted to the K matched classes and soft-maxed, so every
   model answers the same K-way question (``top1_all_classes`` keeps the arg-max over all of the
   model's own classes, for models with more classes than the data set);
 - a CLIP artifact: zero-shot over the data set's class names (``"a photo of a {}."``).
@@ -101,15 +101,16 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
                        reason=f"{len(missing)} of the data set's {len(ds.classes)} classes are not "
                               f"among {art.name}'s {len(art.labels or [])} classes (missing: "
                               f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; "
-                              f"the model has e.g. {ex or 'no labels'}); not scored")
-            return row
+                              f"the model has e.g. {ex or 'no labels'}); not scored, costs "
+                              f"measured")
+            mode = "timing-only"  # its time, size and memory still belong in the comparison
     row["mode"] = mode
     model = load(art_dir, provider=provider, precision=precision)
     sel = model.selection
     row.update(provider=sel.provider, precision=sel.precision, device=sel.device,
                selection_reason=sel.reason)
     labels = list(ds.display) if mode == "zero-shot" else None
-    cols = np.asarray(mapping, dtype=np.int64)
+    cols = np.asarray([-1 if c is None else c for c in mapping], dtype=np.int64)
 
     def scores_of(item) -> np.ndarray | Failure:
         if mode == "zero-shot":
@@ -131,6 +132,11 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
         for i, item in enumerate(ds.items):
             t0 = time.perf_counter()
             r = scores_of(item)
+            if mode == "timing-only":
+                times.append((time.perf_counter() - t0) * 1000.0)
+                if progress:
+                    progress(i + 1, len(ds))
+                continue
             if isinstance(r, np.ndarray) and mode == "classifier":
                 full = np.asarray(r, np.float64).reshape(-1)
                 p = _softmax(full[cols])
@@ -150,7 +156,9 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
     t = np.asarray(ds.targets, np.int64)
     row["n_scored"] = int(ok.sum())
     row["failures"] = failures
-    if ok.any():
+    if mode == "timing-only":
+        row["n_scored"] = 0
+    elif ok.any():
         met = M.classification_metrics(probs[ok], t[ok], class_names=list(ds.display), ks=KS,
                                        with_curves=True)
         # "precision" of a row is the file's precision (fp32/int8); the metric is macro_precision

@@ -233,6 +233,10 @@ def plot_scatter(results: dict, path: Path) -> Path | None:
         ax.annotate(f"{_label(m)}\n{sizes[i]:.1f} MB", (xs[i], ys[i]), textcoords="offset points",
                     xytext=(8, 6), fontsize=7)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("mean time per image, ms (decode + preprocess + inference; log scale)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_ylim(min(0.0, min(ys) - 0.05), 1.05)
@@ -255,6 +259,13 @@ def _fmt(v, nd=3, unit=""):
     return f"{v}{unit}"
 
 
+def _mb(n) -> str:
+    if not n:
+        return "—"
+    mb = n / 2**20
+    return f"{mb:.2f}" if mb < 10 else f"{mb:.1f}" if mb < 100 else f"{mb:.0f}"
+
+
 def _human(n, unit=""):
     if n is None:
         return "—"
@@ -271,13 +282,13 @@ def model_rows(results: dict) -> list[list[str]]:
         rows.append([
             m["name"] + (" [random]" if m.get("random_weights") else ""),
             m.get("mode", "—") if ok else m.get("status", ""),
-            f"{m.get('provider', '—')}/{m.get('precision', '—')}" if ok else "—",
+            f"{m.get('provider', '—')}/{m.get('precision', '—')}" if m.get("provider") else "—",
             _fmt(m.get("top1")), _fmt(m.get("top3")), _fmt(m.get("macro_precision")),
             _fmt(m.get("macro_recall")), _fmt(m.get("macro_f1")), _fmt(m.get("mcc")),
             _fmt(m.get("roc_auc")),
             _fmt(m.get("time_mean_ms"), 2), _fmt(m.get("time_p90_ms"), 2),
             _fmt(m.get("images_per_s"), 1), _human(m.get("params")), _human(m.get("macs")),
-            _fmt((m.get("size_bytes") or 0) / 2**20, 1) if m.get("size_bytes") else "—",
+            _mb(m.get("size_bytes")),
             _fmt(m.get("peak_rss_mb"), 0)])
     return rows
 
@@ -388,15 +399,22 @@ def console_tables(results: dict):
 
     q = Table(title="accuracy (macro P/R/F1; AUC one-vs-rest)", title_style="bold", pad_edge=False)
     for c in ("model", "prec", "top1", "top3", "F1", "MCC", "AUC", "P", "R"):
-        q.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model")
+        q.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model",
+                     min_width=14 if c == "model" else None)
     c_ = Table(title="cost per image (decode+preprocess+inference)", title_style="bold",
                pad_edge=False)
     for c in ("model", "engine", "ms", "p90", "img/s", "params", "MACs", "MB", "RSS"):
-        c_.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model")
+        c_.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model",
+                      min_width=14 if c == "model" else None)
     for m in results["models"]:
         name = m["name"] + (" (random)" if m.get("random_weights") else "")
         if m.get("status") != "ok":
-            q.add_row(name, "", f"[yellow]{m.get('status')}[/]", "", "", "", "", "", "")
+            q.add_row(name, "[yellow]skip[/]", *(["—"] * 7))  # the reason is printed below
+            if m.get("time_mean_ms"):  # not scored, but its costs were measured
+                c_.add_row(name, m.get("provider"), _fmt(m.get("time_mean_ms"), 1),
+                           _fmt(m.get("time_p90_ms"), 1), _fmt(m.get("images_per_s"), 1),
+                           _human(m.get("params")), _human(m.get("macs")),
+                           _mb(m.get("size_bytes")), _fmt(m.get("peak_rss_mb"), 0))
             continue
         q.add_row(name, m.get("precision"), _fmt(m.get("top1")), _fmt(m.get("top3")),
                   _fmt(m.get("macro_f1")), _fmt(m.get("mcc")), _fmt(m.get("roc_auc")),
@@ -404,6 +422,6 @@ def console_tables(results: dict):
         c_.add_row(name, m.get("provider"), _fmt(m.get("time_mean_ms"), 1),
                    _fmt(m.get("time_p90_ms"), 1), _fmt(m.get("images_per_s"), 1),
                    _human(m.get("params")), _human(m.get("macs")),
-                   _fmt((m.get("size_bytes") or 0) / 2**20, 1), _fmt(m.get("peak_rss_mb"), 0))
+                   _mb(m.get("size_bytes")), _fmt(m.get("peak_rss_mb"), 0))
     return q, c_
 
