@@ -335,12 +335,16 @@ async function classifyWithSet() {
       if (set === "own") return { error: "A CLIP model has no labels of its own: choose a label set or type custom labels." };
       if (m.labelSets && !m.labelSets.includes(set))
         return { error: `This CLIP artifact carries no “${SET_TITLES[set] || set}” label set (it has: ${m.labelSets.join(", ") || "none"}).` };
-      // All of the set's labels come back when another model needs the set's names to map onto.
-      const wantAll = !CIFAR10_SET(set) && state.models.some((x) => !isClip(x));
-      const data = await api("/v1/zero-shot", { method: "POST", form: imageForm({ model: m.name, label_set: set, top_k: wantAll ? 1000 : TOP }) });
-      const r = firstImage(data, m.name);
-      if (wantAll && r.labels) deferredNames.offer(set, r.labels.map((l) => l.label));
-      return r;
+      // All of the set's labels come back when a classifier needs the set's names to map onto.
+      const wantAll = !deferredNames.builtIn(set) && state.models.some((x) => !isClip(x));
+      let r = null;
+      try {
+        const data = await api("/v1/zero-shot", { method: "POST", form: imageForm({ model: m.name, label_set: set, top_k: wantAll ? 1000 : TOP }) });
+        r = firstImage(data, m.name);
+        return r;
+      } finally {
+        if (wantAll) deferredNames.answered(set, r && r.labels ? r.labels.map((l) => l.label) : null);
+      }
     }
     const k = set === "own" ? TOP : (m.nLabels || 1000);
     const data = await api("/v1/classify", { method: "POST", form: imageForm({ model: m.name, top_k: k }) });
@@ -359,7 +363,6 @@ async function classifyWithSet() {
     };
   });
 }
-const CIFAR10_SET = (s) => s === "cifar10";
 
 async function classifyCustom() {
   if (!state.file) return;
@@ -398,26 +401,33 @@ async function runCards(models, caption, ask) {
   $("#cards").dataset.run = String(run);
 }
 
-// Label-set names for classifiers: CIFAR-10 is built in, any other set comes from the first CLIP
-// model (asked in the same run) that carries it.
+// Label-set names for classifiers: CIFAR-10 is built in, any other set comes from a CLIP model
+// of the same run that carries it; when every such CLIP model has answered (or failed) without
+// the names, a waiting classifier gets null.
 function namesBroker(models) {
-  const waiting = new Map();
   const known = new Map([["cifar10", CIFAR10]]);
-  const clipsFor = (set) => models.filter((m) => isClip(m) && (!m.labelSets || m.labelSets.includes(set))).length;
+  const pending = new Map();  // set -> CLIP models still to answer
+  const waiting = new Map();  // set -> resolve functions
+  const settle = (set) => {
+    for (const r of waiting.get(set) || []) r(known.get(set) || null);
+    waiting.delete(set);
+  };
+  for (const m of models) {
+    if (!isClip(m)) continue;
+    for (const set of m.labelSets || []) pending.set(set, (pending.get(set) || 0) + 1);
+  }
   return {
-    offer(set, names) {
-      if (!known.has(set)) known.set(set, names);
-      for (const r of waiting.get(set) || []) r(known.get(set));
-      waiting.delete(set);
+    builtIn: (set) => set === "cifar10",
+    answered(set, names) {
+      if (names && !known.has(set)) known.set(set, names);
+      pending.set(set, (pending.get(set) || 1) - 1);
+      if (known.has(set) || pending.get(set) <= 0) settle(set);
     },
     get(set) {
-      if (known.has(set)) return Promise.resolve(known.get(set));
-      if (!clipsFor(set)) return Promise.resolve(null);
-      // Resolved by offer(); a CLIP model that fails never offers, so give up after a while.
+      if (known.has(set) || !(pending.get(set) > 0)) return Promise.resolve(known.get(set) || null);
       return new Promise((resolve) => {
         if (!waiting.has(set)) waiting.set(set, []);
         waiting.get(set).push(resolve);
-        setTimeout(() => resolve(known.get(set) || null), 60000);
       });
     },
   };
