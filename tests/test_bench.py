@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -61,18 +60,24 @@ def test_bench_writes_all_outputs_and_tuning(tiny, generated_images_dir, tmp_pat
     html = (out / "report.html").read_text()
     assert "RANDOM WEIGHTS" in html and "data:image/png;base64," in html
     assert data["machine"]["cpu"]["model"] in html and "<script" not in html
-    # tuning.json: the fastest passing configuration, under the runtime's machine key
-    from edgeinfer.backends.providers import read_tuning, select
+    # tuning.json: every batch-1 configuration, keyed to the file it measured; auto picks the
+    # fastest passing one, exactly as the bench marked it
     from edgeinfer.runtime.artifact import Artifact
+    from edgeinfer.runtime.selection import read_tuning, select
 
-    entry = read_tuning(Artifact(tiny))
+    art = Artifact(tiny)
+    measured = read_tuning(art)
+    assert set(measured) == {f"{r['provider']}/{r['precision']}" for r in ok if r["batch"] == 1}
+    assert all(m["sha256"] == art.entry(m["precision"])["sha256"] for m in measured.values())
     sel = [r for r in ok if r["selected"]]
-    assert len(sel) == 1 and entry["provider"] == sel[0]["provider"]
-    assert entry["precision"] == sel[0]["precision"] and entry["by"] == "edgeinfer bench"
     fastest = min((r for r in ok if r["batch"] == 1 and r["fidelity_pass"]),
                   key=lambda r: r["latency_median_ms"])
-    assert sel[0] is fastest or sel[0] == fastest
-    assert select("auto", artifact=Artifact(tiny)).provider == entry["provider"]
+    assert len(sel) == 1 and sel[0] is fastest
+    assert res["tuning"]["entry"]["provider"] == fastest["provider"]
+    auto = select("auto", artifact=art)
+    assert auto.tuned and (auto.provider, auto.precision) == (fastest["provider"], fastest["precision"])
+    # latency rounds are kept per row: the ratios in the report come with their spread
+    assert all(len(r["latency_round_medians_ms"]) == res["settings"]["rounds"] for r in ok)
 
 
 def test_int8_failing_the_guard_is_never_picked(tmp_path, generated_images_dir):
@@ -117,7 +122,7 @@ def test_failing_engine_shows_error_and_others_complete(tiny, tmp_path, monkeypa
 
     def fake(path, *, provider, options=None, precision=None):
         s = real(path, provider=provider, options=options, precision=precision)
-        return Crashing(s) if precision == "int8" else s
+        return Crashing(s) if options.precision == "int8" else s
 
     monkeypatch.setattr(backends, "create_session", fake)
     res = runner.run_bench(tiny, providers="cpu", batches="1,2", memory=False, out=tmp_path / "o", **FAST)
@@ -196,11 +201,36 @@ def test_cli_bench(tiny, generated_images_dir, tmp_path, capsys):
 
 
 def test_bench_is_torch_free():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
-            "import edgeinfer.bench, edgeinfer.bench.runner, edgeinfer.bench.report, "
-            "edgeinfer.bench.worker, edgeinfer.bench.timing, edgeinfer.bench.fingerprint; "
-            "assert 'edgeinfer.export' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    from torch_blocked import assert_imports_without_torch
+
+    assert_imports_without_torch("edgeinfer.bench", "edgeinfer.bench.runner", "edgeinfer.bench.report",
+                                 "edgeinfer.bench.rows", "edgeinfer.bench.worker",
+                                 "edgeinfer.bench.timing", "edgeinfer.bench.fingerprint")
+
+
+def test_pick_and_partial_bench_keep_other_measurements(tiny, tmp_path):
+    from edgeinfer.runtime.artifact import Artifact
+    from edgeinfer.runtime.selection import read_tuning
+
+    runner.run_bench(tiny, providers="cpu", precisions="fp32,int8", memory=False,
+                     out=tmp_path / "o1", **FAST)
+    first = read_tuning(Artifact(tiny))
+    assert set(first) == {"cpu/fp32", "cpu/int8"}
+    runner.run_bench(tiny, providers="cpu", precisions="fp32", memory=False,
+                     out=tmp_path / "o2", **FAST)
+    second = read_tuning(Artifact(tiny))
+    assert set(second) == {"cpu/fp32", "cpu/int8"}
+    assert second["cpu/int8"] == first["cpu/int8"]              # not re-measured: kept as it was
+    assert second["cpu/fp32"]["measured"] >= first["cpu/fp32"]["measured"]
+
+
+def test_eager_ratio_states_its_spread():
+    slow = {"latency_median_ms": 40.0, "latency_round_medians_ms": [30.0, 40.0, 60.0]}
+    fast = {"latency_median_ms": 10.0, "latency_round_medians_ms": [10.0, 10.0, 10.0]}
+    assert report.ratio_spread(slow, fast) == (4.0, 3.0, 6.0)
+    assert report.ratio_spread({**slow, "latency_round_medians_ms": None}, fast) == (4.0, None, None)
+    note = report._eager_ratio_note(slow, fast, {"provider": "cpu", "precision": "int8"}, 1)
+    assert "4.00x faster" in note and "3.00x to 6.00x over 3 rounds" in note
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError
 from ..runtime.artifact import atomic_write_bytes
+from .rows import ROW_KEYS
 
 COLORS = {"cpu": "#1f77b4", "openvino": "#7b3fb5", "cuda": "#2ca02c", "tensorrt": "#d62728",
           "pytorch": "#ff7f0e"}
@@ -92,8 +93,6 @@ def write_json(results: dict, path: Path) -> Path:
 
 
 def write_csv(results: dict, path: Path) -> Path:
-    from .runner import ROW_KEYS
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
     w.writeheader()
@@ -284,22 +283,39 @@ def observations(results: dict) -> list[str]:
                          f"{fmt(r.get('cosine_mean'), 4)}, top-1 agreement "
                          f"{fmt(r.get('top1_agreement'), 1, pct=True)}): auto will not pick it.")
     py = [r for r in ok if r["provider"] == "pytorch"]
-    if py and results.get("tuning", {}).get("entry"):
-        t = results["tuning"]["entry"]
+    t = (results.get("tuning") or {}).get("entry")
+    if py and t:
         b = t.get("batch", 1)
         pr = next((r for r in py if r["batch"] == b), None)
-        if pr:
-            ratio = pr["latency_median_ms"] / t["latency_ms"]
-            if ratio >= 1:
-                notes.append(f"Chosen configuration ({t['provider']}/{t['precision']}) is {ratio:.2f}x "
-                             f"faster than PyTorch eager at batch {b}.")
-            else:
-                notes.append(f"PyTorch eager is FASTER than the chosen configuration "
-                             f"({t['provider']}/{t['precision']}) at batch {b}: "
-                             f"{ms(pr['latency_median_ms'])} ms vs {ms(t['latency_ms'])} ms. (PyTorch "
-                             f"is timed in its own process, not interleaved with the engines: compare "
-                             f"on a quiet machine.)")
+        chosen = next((r for r in ok if r.get("selected")), None)
+        if pr and chosen:
+            notes.append(_eager_ratio_note(pr, chosen, t, b))
     return list(dict.fromkeys(notes))
+
+
+def ratio_spread(slow: dict, fast: dict) -> tuple[float, float | None, float | None]:
+    """slow/fast latency ratio of two rows: of the medians, and min/max over the rounds (round i
+    of one row against round i of the other; None when the rounds were not recorded)."""
+    ratio = slow["latency_median_ms"] / fast["latency_median_ms"]
+    a, b = slow.get("latency_round_medians_ms") or [], fast.get("latency_round_medians_ms") or []
+    per_round = [x / y for x, y in zip(a, b) if y]
+    if len(per_round) < 2:
+        return ratio, None, None
+    return ratio, min(per_round), max(per_round)
+
+
+def _eager_ratio_note(pr: dict, chosen: dict, t: dict, b: int) -> str:
+    ratio, lo, hi = ratio_spread(pr, chosen)
+    n = len(pr.get("latency_round_medians_ms") or [])
+    spread = f" (from {lo:.2f}x to {hi:.2f}x over {n} rounds)" if lo is not None else ""
+    caveat = (" PyTorch is timed in its own process, after the engines, so background load can "
+              "differ between them; a wide spread means a busy machine.")
+    if ratio >= 1:
+        return (f"Chosen configuration ({t['provider']}/{t['precision']}) is {ratio:.2f}x faster "
+                f"than PyTorch eager at batch {b}{spread}.{caveat}")
+    return (f"PyTorch eager is FASTER than the chosen configuration ({t['provider']}/"
+            f"{t['precision']}) at batch {b}: {ms(pr['latency_median_ms'])} ms vs "
+            f"{ms(chosen['latency_median_ms'])} ms{spread}.{caveat}")
 
 
 # ------------------------------------------------------------------ HTML
@@ -511,19 +527,19 @@ def _machine_html(results: dict) -> str:
 
 # ------------------------------------------------------------------ terminal
 def console_table(results: dict):
-    """A rich Table of the results (the CLI prints it)."""
+    """A rich Table of the results that fits 80 columns: one accuracy column (the one the run
+    leads with); p99, cold start with a warm cache and the labelled extras are in report.html."""
     from rich.table import Table
 
-    labelled = any(r.get("top1") is not None for r in results["rows"])
+    metric = results.get("accuracy_metric", "cosine_mean")
+    acc_head, acc_pct = {"top1": ("top-1", True), "top1_agreement": ("agree", True),
+                         "cosine_mean": ("cosine", False)}.get(metric, (metric, False))
     t = Table(title=f"edgeinfer bench: {results['model'].get('name')}"
                     + ("  [RANDOM WEIGHTS]" if results.get("random_weights") else ""),
-              caption=results["accuracy_note"])
-    cols = ["engine", "prec", "batch", "median ms", "p90", "p99", "img/s", "cold s", "RSS MB",
-            "agree", "cos mean"]
-    if labelled:
-        cols += ["top-1", "F1"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("engine", "prec") else "right")
+              caption=results["accuracy_note"], caption_justify="left", pad_edge=False)
+    for c in ("engine", "prec", "b", "median ms", "p90 ms", "img/s", "cold s", "RSS MB", acc_head):
+        t.add_column(c, justify="left" if c in ("engine", "prec") else "right",
+                     overflow="fold")
     unavailable: dict[tuple, list[str]] = {}  # (provider, reason) -> precisions: one line each
     for r in results["rows"]:
         name = r["provider"] + (" *" if r.get("selected") else "")
@@ -532,17 +548,17 @@ def console_table(results: dict):
             continue
         if r["status"] != "ok":
             t.add_row(name, r["precision"], str(r["batch"]),
-                      f"[red]{r['status']}[/red]: {(r.get('error') or '')[:90]}")
+                      f"[red]{r['status']}[/red]: {r.get('error') or ''}")
             continue
-        cells = [name, r["precision"], str(r["batch"]), ms(r["latency_median_ms"]),
-                 ms(r["latency_p90_ms"]), ms(r["latency_p99_ms"]), fmt(r["throughput_ips"], 1),
-                 fmt(r["cold_start_s"], 2), fmt(r["peak_rss_mb"], 0),
-                 fmt(r["top1_agreement"], 1, True), fmt(r["cosine_mean"], 4)]
-        if labelled:
-            cells += [fmt(r["top1"], 1, True), fmt(r["macro_f1"], 3)]
-        t.add_row(*cells, style="bold green" if r.get("selected") else None)
-    if unavailable:
-        lines = [f"skipped {prov} ({', '.join(sorted(set(precs)))}): {why}"
-                 for (prov, why), precs in unavailable.items()]
+        acc = r.get(metric)
+        t.add_row(name, r["precision"], str(r["batch"]), ms(r["latency_median_ms"]),
+                  ms(r["latency_p90_ms"]), fmt(r["throughput_ips"], 1), fmt(r["cold_start_s"], 2),
+                  fmt(r["peak_rss_mb"], 0), fmt(acc, 1, True) if acc_pct else fmt(acc, 4),
+                  style="bold green" if r.get("selected") else None)
+    lines = ["* the measured pick (saved to tuning.json for provider=auto)"] \
+        if any(r.get("selected") for r in results["rows"]) else []
+    lines += [f"skipped {prov} ({', '.join(sorted(set(precs)))}): {why}"
+              for (prov, why), precs in unavailable.items()]
+    if lines:
         t.caption = (t.caption or "") + "\n" + "\n".join(lines)
     return t

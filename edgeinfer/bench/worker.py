@@ -2,9 +2,10 @@
 is measured in a fresh subprocess).
 
 Run as ``python -m edgeinfer.bench.worker SPEC.json``; prints one JSON line. The child imports
-only what the runtime needs, creates the session through ``edgeinfer.backends.create_session``
-(cold start, with an empty or a warm engine cache), runs a few batches, and reports its peak RSS
-(``ru_maxrss``) and, on NVIDIA GPUs, the GPU memory it holds.
+only what the runtime needs, opens the configuration as ``edgeinfer.load`` does (selection +
+engine options from ``edgeinfer.runtime.selection``; cold start, with an empty or a warm engine
+cache), runs a few batches, and reports its peak RSS and, on NVIDIA GPUs, the GPU memory it holds.
+``main`` and ``run_in_subprocess`` are shared with the PyTorch baseline worker.
 """
 from __future__ import annotations
 
@@ -15,26 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Callable
 
 RESULT_PREFIX = "EDGEINFER_WORKER_RESULT "
-
-
-def session_options(provider: str, precision: str, *, threads=None, cache_dir=None,
-                    input_shape=None, model_sha256=None):
-    """The same engine settings ``edgeinfer.load`` uses (TensorRT: FP16 kernels allowed for FP16
-    and INT8 files, INT8 for QDQ files, a dynamic-batch profile)."""
-    from ..backends.base import SessionOptions
-
-    extra = {}
-    if model_sha256:
-        extra["model_sha256"] = model_sha256
-    opts = SessionOptions(threads=threads, cache_dir=cache_dir, extra=extra)
-    if provider == "tensorrt":
-        opts.fp16 = precision in ("fp16", "int8")
-        opts.int8 = precision == "int8"
-        if input_shape is not None:
-            extra["input_shapes"] = {"pixel_values": tuple(int(v) for v in input_shape)}
-    return opts
 
 
 def peak_rss_mb() -> float:
@@ -85,24 +69,29 @@ def gpu_memory_mb(pid: int | None = None) -> float | None:
 
 
 def run_spec(spec: dict) -> dict:
+    """Cold start + a few batches of one configuration, opened exactly as ``edgeinfer.load``
+    opens it (``runtime.selection``: same engine options, TensorRT profile and cache key)."""
     import numpy as np
 
     out: dict = {"baseline_rss_mb": None}
     t_imp = time.perf_counter()
     from ..backends import create_session
+    from ..runtime.artifact import Artifact
+    from ..runtime.selection import engine_options, select
 
     out["import_s"] = time.perf_counter() - t_imp
     out["baseline_rss_mb"] = current_rss_mb()
-    opts = session_options(spec["provider"], spec["precision"], threads=spec.get("threads"),
-                           cache_dir=spec.get("cache_dir"), input_shape=spec["input_shape"])
+    art = Artifact(spec["artifact"])
     t0 = time.perf_counter()
-    sess = create_session(spec["onnx"], provider=spec["provider"], options=opts,
-                          precision=spec["precision"])
+    sel = select(spec["provider"], artifact=art, precision=spec["precision"])
+    opts = engine_options(sel, art, threads=spec.get("threads"), batch_size=int(spec["batch"]),
+                          cache_dir=spec.get("cache_dir"))
+    sess = create_session(art.path(sel.precision, verify=False), provider=sel.provider, options=opts)
     out["create_s"] = time.perf_counter() - t0
     out["load_seconds"] = float(getattr(sess, "load_seconds", 0.0) or 0.0)
     out["cache_hit"] = getattr(sess, "cache_hit", None)
     out["device"] = getattr(sess, "device", "")
-    c, h, w = spec["input_shape"]
+    c, h, w = art.preprocess["input_size"]
     x = np.random.default_rng(0).standard_normal((int(spec["batch"]), c, h, w)).astype(np.float32)
     t1 = time.perf_counter()
     sess.run(x)
@@ -115,16 +104,21 @@ def run_spec(spec: dict) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def worker_main(argv, run: Callable[[dict], dict]) -> int:
+    """Read the spec file named in ``argv``, run ``run(spec)``, print its result as one line
+    (an exception becomes ``{"ok": False, "error": ...}`` for the parent's row)."""
     with open(argv[0]) as f:
         spec = json.load(f)
     try:
-        res = {"ok": True, **run_spec(spec)}
+        res = {"ok": True, **run(spec)}
     except BaseException as e:  # reported to the parent as the row's error
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "peak_rss_mb": peak_rss_mb()}
     print(RESULT_PREFIX + json.dumps(res), flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return worker_main(sys.argv[1:] if argv is None else argv, run_spec)
 
 
 def run_in_subprocess(spec: dict, *, timeout: float = 600, module: str = "edgeinfer.bench.worker",

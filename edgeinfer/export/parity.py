@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ImageError, InvalidOptionError, ParityError
+from ..evaluate.synthetic import generated_images, synthetic_image  # noqa: F401 - one generator
 
 COSINE_MIN = 0.9999
 RTOL = 1e-3
@@ -30,32 +31,6 @@ BATCH = 8
 
 
 # ---------------------------------------------------------------- images
-def synthetic_image(rng: "np.random.Generator", w: int, h: int):
-    """One natural-ish RGB image (smooth gradients + noise + filled ellipses) from ``rng``."""
-    from PIL import Image, ImageDraw
-
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([(x / w) * 255 * rng.random(), (y / h) * 255 * rng.random(),
-                     ((x + y) / (w + h)) * 255 * rng.random()], -1)
-    img = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        d.ellipse([x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))],
-                  fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return img
-
-
-def generated_images(n: int = N_GENERATED, *, seed: int = 0) -> list:
-    """Deterministic natural-ish RGB images (gradients, shapes, noise) of varied sizes."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        w, h = int(rng.integers(200, 400)), int(rng.integers(200, 400))
-        out.append(synthetic_image(rng, w, h))
-    return out
-
-
 def parity_batch(spec: dict, images: str | os.PathLike | None = None, *,
                  max_images: int = MAX_IMAGES) -> tuple[np.ndarray, dict]:
     """(NCHW float32 batch, info) from ``images`` (a folder) or generated images.
