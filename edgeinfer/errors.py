@@ -69,6 +69,10 @@ class ImageError(EdgeInferError, ValueError):
     """An input that is not a decodable image (corrupt, truncated, empty, too large)."""
 
 
+class ModelClosedError(EdgeInferError, RuntimeError):
+    """A Model used after ``close()`` (calls already in flight when it was closed finish)."""
+
+
 class CalibrationError(EdgeInferError):
     """Calibration data is missing, empty, or unusable."""
 
