@@ -13,6 +13,7 @@ batch, the next batch is decoded while the current one runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import EdgeInferError, ImageError, InvalidOptionError
+from ..errors import EdgeInferError, ImageError, InvalidOptionError, ModelClosedError
 from .artifact import Artifact
 
 # the batch policy is part of the selection (runtime/selection.py); re-exported for callers
@@ -117,6 +118,12 @@ class Model:
         self._engine_kw = dict(engine_kw or {})   # load's engine options, for the other towers
         self._towers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # close() while other threads classify: calls in flight are counted, close() waits
+        # for them to leave, then releases the sessions; new calls see _closed
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._closed = False
+        self._local = threading.local()
         self.zero_shot_cache: dict = {}   # for edgeinfer.runtime.zero_shot (text embeddings)
 
     # ----------------------------------------------------------- what was chosen
@@ -159,12 +166,45 @@ class Model:
 
     # ----------------------------------------------------------- life cycle
     def close(self) -> None:
+        """Release the engine sessions. Safe while other threads are inside classify / embed /
+        zero_shot / infer: new calls raise ``ModelClosedError`` at once, calls in flight finish
+        (close waits for them), then the sessions are closed. Calling it again does nothing."""
+        if getattr(self._local, "depth", 0):
+            raise EdgeInferError("Model.close() called from inside a call on the same Model "
+                                 "(it would wait for itself); close it after the call returns")
         with self._lock:
-            for s in [self.session, *self._towers.values()]:
-                if s is not None:
-                    s.close()
+            self._closed = True
+            while self._active:
+                self._idle.wait()
+            sessions = [self.session, *self._towers.values()]
             self.session = None
             self._towers.clear()
+        for s in sessions:
+            if s is not None:
+                s.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.contextmanager
+    def _use(self):
+        """Count one call in flight (re-entrant per thread: zero_shot calls embed_raw)."""
+        depth = getattr(self._local, "depth", 0)
+        with self._lock:
+            if self.session is None or (self._closed and not depth):
+                raise ModelClosedError(f"this Model ({self.artifact.name}) is closed; load the "
+                                       f"artifact again with edgeinfer.load")
+            self._active += 1
+        self._local.depth = depth + 1
+        try:
+            yield self.session
+        finally:
+            self._local.depth = depth
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    self._idle.notify_all()
 
     def __enter__(self) -> "Model":
         return self
@@ -175,7 +215,8 @@ class Model:
     def _session(self):
         s = self.session
         if s is None:
-            raise EdgeInferError("this Model is closed")
+            raise ModelClosedError(f"this Model ({self.artifact.name}) is closed; load the "
+                                   f"artifact again with edgeinfer.load")
         return s
 
     def tower_session(self, tower: str = "text"):
@@ -184,6 +225,9 @@ class Model:
         with self._lock:
             if tower in self._towers:
                 return self._towers[tower]
+            if self.session is None:
+                raise ModelClosedError(f"this Model ({self.artifact.name}) is closed; load the "
+                                       f"artifact again with edgeinfer.load")
             from ..backends import create_session
             from .selection import engine_options
 
@@ -215,13 +259,17 @@ class Model:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[None]
-        return self._session().run(batch)
+        with self._use() as session:
+            return session.run(batch)
 
     def _forward(self, items: list) -> list:
         """Per input: its raw output row (np.ndarray) or a Failure."""
+        with self._use() as session:
+            return self._forward_on(session, items)
+
+    def _forward_on(self, session, items: list) -> list:
         from .preprocess import preprocess_batch
 
-        session = self._session()
         out: list = [None] * len(items)
         step = max(self.batch_size, DECODE_CHUNK)
         chunks = [list(range(s, min(s + step, len(items)))) for s in range(0, len(items), step)]
@@ -292,7 +340,8 @@ class Model:
             from . import zero_shot as zs
         except ImportError as e:
             raise EdgeInferError(f"zero-shot support is not available: {e}") from e
-        return zs.zero_shot(self, images, labels, top_k=top_k)
+        with self._use():  # the text tower session stays open until the call returns
+            return zs.zero_shot(self, images, labels, top_k=top_k)
 
     def embed_raw(self, images: Any) -> list:
         """Per image: the raw (unnormalised) output row or a Failure (for zero_shot/bench)."""
