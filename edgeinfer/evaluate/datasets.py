@@ -83,28 +83,117 @@ def _subsample(n: int, limit: int | None):
     return np.arange(n)
 
 
-def cifar10(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
-    """CIFAR-10 python batches (``cifar-10-batches-py``: ``test_batch`` + ``batches.meta``), or
-    one batch file."""
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"]
+#: largest data file read (CIFAR-10 test_batch is 31 MB, Fashion-MNIST t10k images 7.8 MB)
+MAX_DATA_BYTES = 1 << 30
+
+# The only globals a CIFAR-10 python batch needs (a dict of bytes/lists/ints and one uint8
+# ndarray). Anything else in a pickle (os.system, builtins.eval, ...) is refused before it is
+# looked up, so unpickling a crafted file runs no code.
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                   ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise DatasetError("unexpected _codecs.encode call in a data file")
+    return text.encode("latin1")
+
+
+def _restricted_unpickle(path: Path) -> object:
     import pickle
 
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) == ("_codecs", "encode"):
+                return _latin1_bytes  # how Python 3 writes bytes at protocol 2
+            if (module, name) not in _PICKLE_GLOBALS:
+                raise DatasetError(f"{path} is not a plain CIFAR-10 python batch: it references "
+                                   f"{module}.{name}, which a data file never needs; refusing to "
+                                   f"unpickle it (no code from data files is run)")
+            if module.startswith("numpy.core."):  # the NumPy 1.x name (the real CIFAR-10
+                import numpy as np                   # files); NumPy 2 warns on it
+
+                if int(np.__version__.split(".")[0]) >= 2:
+                    module = "numpy._core." + module[len("numpy.core."):]
+            return super().find_class(module, name)
+
+    size = path.stat().st_size
+    if size > MAX_DATA_BYTES:
+        raise DatasetError(f"{path} is {size} bytes; a CIFAR-10 batch is about 31 MB")
+    with open(path, "rb") as f:
+        try:
+            return _Restricted(f, encoding="bytes").load()
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any malformed pickle is a bad data file
+            raise DatasetError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
+
+
+def _cifar_python(batch: Path, meta: Path):
+    import numpy as np
+
+    d = _restricted_unpickle(batch)
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DatasetError(f"{batch} is not a CIFAR-10 python batch (expected a dict with "
+                           f"b'data' and b'labels')")
+    data, labels = d[b"data"], d[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
+        raise DatasetError(f"{batch}: b'data' must be a uint8 array of N x 3072 pixels")
+    if not isinstance(labels, list) or len(labels) != data.shape[0] or \
+            not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        raise DatasetError(f"{batch}: b'labels' must be a list of {data.shape[0]} integers")
+    names = CIFAR10_CLASSES
+    if meta.exists():
+        m = _restricted_unpickle(meta)
+        raw = m.get(b"label_names") if isinstance(m, dict) else None
+        if not isinstance(raw, list) or not all(isinstance(n, bytes) for n in raw):
+            raise DatasetError(f"{meta} is not CIFAR-10 metadata (expected b'label_names')")
+        names = [n.decode("utf-8", "replace") for n in raw]
+    return data, labels, names
+
+
+def _cifar_binary(batch: Path, meta: Path):
+    """The binary version (cifar-10-batches-bin): records of 1 label byte + 3072 pixel bytes."""
+    import numpy as np
+
+    size = batch.stat().st_size
+    if size == 0 or size % 3073 or size > MAX_DATA_BYTES:
+        raise DatasetError(f"{batch} is not a CIFAR-10 binary batch ({size} bytes is not a "
+                           f"multiple of 3073)")
+    raw = np.fromfile(batch, np.uint8).reshape(-1, 3073)
+    names = CIFAR10_CLASSES
+    if meta.exists():
+        names = [n.strip() for n in meta.read_text(errors="replace").splitlines() if n.strip()]
+    return raw[:, 1:], [int(x) for x in raw[:, 0]], names
+
+
+def cifar10(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
+    """CIFAR-10 python batches (``cifar-10-batches-py``: ``test_batch`` + ``batches.meta``) or
+    binary batches (``cifar-10-batches-bin``: ``test_batch.bin`` + ``batches.meta.txt``), or
+    one batch file. Python batches are read with an unpickler that only builds dicts, lists,
+    bytes and uint8 arrays: a crafted file cannot run code."""
     import numpy as np
 
     path = Path(path)
-    batch = path / "test_batch" if path.is_dir() else path
-    meta = batch.parent / "batches.meta"
+    if path.is_dir():
+        batch = path / "test_batch" if (path / "test_batch").exists() else path / "test_batch.bin"
+    else:
+        batch = path
+    binary = batch.suffix == ".bin"
+    meta = batch.parent / ("batches.meta.txt" if binary else "batches.meta")
     try:
-        with open(batch, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"]
-        if meta.exists():
-            with open(meta, "rb") as f:
-                names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
-        data = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = list(d[b"labels"])
-    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as e:
-        raise DatasetError(f"{batch} is not a CIFAR-10 python batch: {e}") from e
+        data, labels, names = (_cifar_binary if binary else _cifar_python)(batch, meta)
+    except OSError as e:
+        raise DatasetError(f"cannot read CIFAR-10 batch {batch}: {e.strerror or e}") from None
+    bad = sorted({x for x in labels if not 0 <= x < len(names)})
+    if bad:
+        raise DatasetError(f"{batch}: labels {bad[:5]} are outside the {len(names)} class names")
+    data = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     mapping = _map_names(names, class_names, f"CIFAR-10 ({path})")
     sel = _subsample(len(labels), limit)
     return LabelledSet([np.ascontiguousarray(data[i]) for i in sel], [mapping[labels[i]] for i in sel],
@@ -112,16 +201,29 @@ def cifar10(path, class_names: Sequence[str], *, limit: int | None = None) -> La
 
 
 def _read_idx(path: Path):
+    """An idx file (Fashion-MNIST), reading no more than its header says (a .gz can expand to
+    any size)."""
     import gzip
 
     import numpy as np
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+        head = f.read(4)
+        if len(head) != 4 or head[:2] != b"\x00\x00" or head[2] != 0x08 or not 1 <= head[3] <= 4:
+            raise ValueError("not an idx file of unsigned bytes (bad magic number)")
+        ndim = head[3]
+        dims_raw = f.read(4 * ndim)
+        if len(dims_raw) != 4 * ndim:
+            raise ValueError("truncated idx header")
+        dims = [int.from_bytes(dims_raw[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+        n = int(np.prod(dims, dtype=np.int64))
+        if n > MAX_DATA_BYTES:
+            raise ValueError(f"idx header announces {n} bytes, more than {MAX_DATA_BYTES}")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise ValueError(f"idx file has {len(raw)} data bytes, its header announces {n}")
+    return np.frombuffer(raw, np.uint8).reshape(dims)
 
 
 def fashion_mnist(path, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
@@ -135,8 +237,8 @@ def fashion_mnist(path, class_names: Sequence[str], *, limit: int | None = None)
         raise DatasetError(f"{path} has no *-images-idx3-ubyte / *-labels-idx1-ubyte files")
     try:
         x, y = _read_idx(imgs[0]), _read_idx(labs[0])
-    except (OSError, ValueError, IndexError) as e:
-        raise DatasetError(f"cannot read Fashion-MNIST idx files in {path}: {e}") from e
+    except (OSError, ValueError, IndexError, EOFError) as e:
+        raise DatasetError(f"cannot read Fashion-MNIST idx files in {path}: {e}") from None
     mapping = _map_names(FASHION_MNIST_CLASSES, class_names, f"Fashion-MNIST ({path})")
     sel = _subsample(len(y), limit)
     return LabelledSet([np.repeat(x[i][:, :, None], 3, axis=2) for i in sel],
@@ -203,7 +305,7 @@ def load_labelled(path, class_names: Sequence[str] | None, *, limit: int | None 
     if p.is_file() and p.suffix.lower() == ".csv":
         return csv_pixels(p, class_names, limit=limit)
     if (p.is_file() and (p.name.startswith(("test_batch", "data_batch")))) or \
-            (p.is_dir() and (p / "test_batch").exists()):
+            (p.is_dir() and ((p / "test_batch").exists() or (p / "test_batch.bin").exists())):
         return cifar10(p, class_names, limit=limit)
     if p.is_dir() and any(p.glob("*-idx3-ubyte*")):
         return fashion_mnist(p, class_names, limit=limit)
