@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Callable
 
-from .scan import ScanStats, scan
+from .scan import ScanStats, run_scan
 from .store import Store
 
 log = logging.getLogger("edgeinfer.library")
@@ -90,7 +90,7 @@ class JobRunner:
             self.store.save_job(j)
 
         try:
-            scan(self.store, job["path"], self._models(), batch_size=self.batch_size, top_k=self.top_k,
+            run_scan(self.store, job["path"], self._models(), batch_size=self.batch_size, top_k=self.top_k,
                  progress=progress, cancel=self._cancel, stats=stats)
         except Exception as e:  # noqa: BLE001 -- a failed job is reported, not raised into the void
             log.exception("scan job %s failed", jid)

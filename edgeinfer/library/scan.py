@@ -12,7 +12,7 @@ The scan is split so that any engine can do the middle part:
   models created by ``LibraryModel.from_artifact``.
 - ``Store.write_results(results)``: one transaction per batch.
 
-``scan(store, roots, models, ...)`` runs the three with the local engine and reports progress.
+``run_scan(store, roots, models, ...)`` runs the three with the local engine and reports progress.
 """
 from __future__ import annotations
 
@@ -229,6 +229,7 @@ def _decode(rec: PhotoRecord, draft: int):
 def process_batch(models: Sequence[LibraryModel], records: Sequence[PhotoRecord], *,
                   top_k: int = DEFAULT_TOP_K, decode_workers: int | None = None) -> list[PhotoResult]:
     """Decode each photo once, run the models it still needs, return the results (no store I/O)."""
+    from ..runtime.model import Failure
     from ..runtime.preprocess import DRAFT_SAFETY, _pool
 
     if not records:
@@ -253,8 +254,8 @@ def process_batch(models: Sequence[LibraryModel], records: Sequence[PhotoRecord]
         imgs = [decoded[i][0] for i in idx]
         out = m.model.classify(imgs, top_k=top_k) if m.kind == "classifier" else m.model.embed(imgs)
         for i, r in zip(idx, out):
-            if not r:  # Failure: the decoded image failed in this model's preprocessing
-                results[i].outputs[m.sha256] = {"error": getattr(r, "error", "failed")}
+            if isinstance(r, Failure):  # the decoded image failed in this model's preprocessing
+                results[i].outputs[m.sha256] = {"error": r.error}
             elif m.kind == "classifier":
                 results[i].outputs[m.sha256] = {"tags": [(lab, float(s)) for lab, s in r]}
             else:
@@ -293,10 +294,11 @@ class ScanStats:
                 "elapsed_s": round(self.elapsed_s or (time.perf_counter() - self.started), 3)}
 
 
-def scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLike,
+def run_scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLike,
          models: Sequence[LibraryModel], *, batch_size: int = DEFAULT_BATCH, top_k: int = DEFAULT_TOP_K,
          progress: Callable[[ScanStats], None] | None = None, cancel: threading.Event | None = None,
-         engine: str = "local", stats: ScanStats | None = None) -> ScanStats:
+         engine: str = "local", stats: ScanStats | None = None,
+         engine_options: dict | None = None) -> ScanStats:
     """Scan ``roots`` into ``store`` with ``models``; returns the counts. Incremental: see the
     module docstring. ``cancel``: stop after the batch in progress (which is committed)."""
     if isinstance(roots, (str, os.PathLike)):
@@ -326,7 +328,7 @@ def scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLike,
                 raise
             raise ScanError("the ray engine is not available in this version; use engine='local'") from e
         ray_engine.run(store, plan, models, batch_size=batch_size, top_k=top_k, progress=progress,
-                       cancel=cancel, stats=stats)
+                       cancel=cancel, stats=stats, **(engine_options or {}))
     elif engine == "local":
         for s in range(0, len(plan.todo), int(batch_size)):
             if cancel is not None and cancel.is_set():

@@ -98,6 +98,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+def default_library_path() -> Path:
+    """$XDG_DATA_HOME/edgeinfer/library.db (~/.local/share/edgeinfer/library.db)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "edgeinfer" / "library.db"
+
+
 class StoreError(EdgeInferError):
     """The library store cannot be opened or used."""
 

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-
-def default_library_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "edgeinfer" / "library.db"
+from ..library.store import default_library_path
 
 
 @dataclass
