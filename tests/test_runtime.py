@@ -238,15 +238,15 @@ def test_cli_classify_json_and_exit_codes(tiny, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
     assert main(["classify", str(tiny), str(paths[0]), str(bad), str(paths[1]), "--json",
-                 "--provider", "cpu", "--top-k", "2"]) == 0
+                 "--provider", "cpu", "--top-k", "2"]) == 3  # any failed image: documented 3
     out = json.loads(capsys.readouterr().out)
     assert out["selection"]["provider"] == "cpu" and len(out["results"]) == 3
     assert "error" in out["results"][1] and len(out["results"][0]["top"]) == 2
-    assert main(["classify", str(tiny), str(bad), "--provider", "cpu"]) == 1
+    assert main(["classify", str(tiny), str(bad), "--provider", "cpu"]) == 3
     assert "error" in capsys.readouterr().err
     assert main(["classify", str(tiny), str(paths[0]), "--provider", "nope"]) == 1
     assert "valid providers" in capsys.readouterr().err
-    assert main(["classify", str(tiny), str(tmp_path), "--provider", "cpu"]) == 0  # a folder
+    assert main(["classify", str(tiny), str(tmp_path), "--provider", "cpu"]) == 3  # a folder, with bad.jpg
     assert "g0.jpg" in capsys.readouterr().out
     assert main(["classify", str(tiny), str(paths[0]), "--provider", "cpu", "--labels", "a, b"]) == 1
     assert "CLIP" in capsys.readouterr().err

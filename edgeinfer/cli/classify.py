@@ -4,8 +4,18 @@ from __future__ import annotations
 import json
 import sys
 
+#: exit status when at least one image could not be classified (the others are still printed);
+#: 0 = every image classified, 1 = an error before any result (bad artifact, option, ...)
+EXIT_IMAGES_FAILED = 3
+
+EPILOG = (f"exit status: 0 every image was classified; {EXIT_IMAGES_FAILED} one or more images "
+          f"failed (their errors go to stderr, or to \"error\" with --json; the other results are "
+          f"printed); 1 nothing could be classified because of an error (artifact, options); "
+          f"2 usage error.")
+
 
 def add_parser(p) -> None:
+    p.epilog = EPILOG
     p.add_argument("artifact", metavar="ARTIFACT_DIR", help="artifact directory (from `edgeinfer export`)")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (or folders of images)")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5; 3 for --labels)")
@@ -78,4 +88,4 @@ def run(args) -> int:
                 con.print(f"  {p:7.2%}  {escape(label)}")
     if failed:
         print(f"{failed} of {len(images)} image(s) failed", file=sys.stderr)
-    return 1 if failed == len(images) else 0
+    return EXIT_IMAGES_FAILED if failed else 0

@@ -14,6 +14,9 @@ def add_parser(p) -> None:
                         "state dict / .safetensors file")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="artifact directory (default artifacts/<model>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing artifact at --out, with its bench/ results and "
+                        "tuning.json (refused without it)")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="images for the parity check (up to 32 are used; default: generated images)")
     p.add_argument("--opset", type=int, default=None,
@@ -180,7 +183,7 @@ def run(args) -> int:
                            calib=args.calib, calib_size=args.calib_size, target=args.target,
                            max_drop=args.max_drop, progress=steps, exporter=args.exporter,
                            label_sets=_label_sets(args.label_sets),
-                           templates=_templates(args.templates))
+                           templates=_templates(args.templates), force=args.force)
     s = summary(out, read_manifest(out))
     if args.json:
         json.dump(s, sys.stdout, indent=2)

@@ -1,8 +1,12 @@
 """``quantize_artifact``: add INT8 / FP16 files to an artifact, every tower, atomically."""
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -78,6 +82,38 @@ def _parity_summary(fid: dict, images: int, source: str) -> dict:
             "top1_agreement": fid.get("top1_agreement"), "reference": "fp32"}
 
 
+_TMP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _temp_files_in(directory: Path):
+    """ONNX Runtime's quantizer (``ort.quant.*`` augmented models) and the FP16 check's
+    subprocess create temporary files through tempfile / $TMPDIR: point both into ``directory``
+    (inside the artifact, or the export's staging dir), so a killed run leaves nothing in /tmp
+    and its leftovers go with the directory."""
+    with _TMP_LOCK:
+        old_dir, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
+        tempfile.tempdir = os.environ["TMPDIR"] = str(directory)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = old_dir
+            if old_env is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = old_env
+
+
+def _remove_stale_work(artifact_dir: Path) -> None:
+    """Work directories of quantize runs that were killed (their process is gone)."""
+    from ..runtime.artifact import _pid_alive
+
+    for d in artifact_dir.glob(".quantize-*"):
+        m = re.match(r"\.quantize-(\d+)-", d.name)
+        if d.is_dir() and not d.is_symlink() and not (m and _pid_alive(int(m.group(1)))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: bool = False,
                       calib: str | Path | None = None, calib_size: int | None = None,
                       target: str = "auto", max_drop: float | None = None,
@@ -127,8 +163,11 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
                 "top1": acc, "drop_points": round((acc32 - acc) * 100, 3),
                 "random_weights": art.random_weights}
 
-    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=art.dir))
+    _remove_stale_work(art.dir)
+    work = Path(tempfile.mkdtemp(prefix=f".quantize-{os.getpid()}-", dir=art.dir))
     pending: list[tuple[Path, str, str, dict]] = []   # (tmp file, precision, tower, extra)
+    tmp_ctx = _temp_files_in(work)
+    tmp_ctx.__enter__()
     try:
         common = {"isa_tier": cpu["int8_tier"], "cpu_model": cpu["model"],
                   "budget_metric_reason": why}
@@ -177,6 +216,7 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             say(f"added {entry['file']}")
         return results
     finally:
+        tmp_ctx.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
 
 
