@@ -2,7 +2,7 @@
 
 One directory per (engine, model file hash, engine version, device), under
 ``$EDGEINFER_CACHE`` or ``~/.cache/edgeinfer``. A new engine version or a changed model gets a
-new directory, so a stale engine is never loaded: it is rebuilt (DESIGN.md).
+new directory, so a stale engine is never loaded: it is rebuilt.
 """
 from __future__ import annotations
 
@@ -24,18 +24,26 @@ def cache_root() -> Path:
     return base / "edgeinfer"
 
 
-def model_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a model file, memoised on (path, size, mtime) so repeated loads don't re-hash."""
+def sha256_file(path: str | os.PathLike, *, memo: bool = True) -> str:
+    """sha256 of a file: the one implementation (artifacts, engine caches, tuning keys).
+
+    ``memo``: reuse the digest of the same (path, size, mtime) in this process, so repeated
+    loads don't re-hash a large model. An integrity check passes ``memo=False``: file systems
+    stamp mtimes coarsely, so a same-size rewrite within one tick would keep its old digest.
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
+    if not memo or key not in _SHA_CACHE:
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
+
+
+model_sha256 = sha256_file  # the name the engines use for the engine-cache key
 
 
 def _slug(s: str) -> str:

@@ -70,15 +70,11 @@ MAX_NAME_CHARS = 255
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    # the one implementation lives with the engine caches; here it checks integrity: no memo
+    from ..backends.cache import sha256_file as _sha256_file
+
+    return _sha256_file(path, memo=False)
 
 
 def onnx_file_name(precision: str, tower: str = "image") -> str:
