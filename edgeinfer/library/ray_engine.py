@@ -253,8 +253,9 @@ def run(store: Store, plan: ScanPlan, models, *, batch_size: int = 16, top_k: in
     rows = _records_to_rows(todo)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // int(batch_size))))
     out = ds.map_batches(predictor_cls, batch_size=int(batch_size), batch_format="numpy",
-                         fn_constructor_kwargs=ctor, concurrency=n_workers, num_cpus=1,
-                         max_restarts=-1, max_task_retries=-1)
+                         fn_constructor_kwargs=ctor, concurrency=n_workers, num_cpus=1)
+    # (Ray Data restarts a dead actor and retries its task without limit by default: that is
+    # what keeps a killed worker from losing photos; tests/test_library_ray.py kills one)
     pending = {r.path: r for r in todo}
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         results = [r for r in _columns_to_results(batch) if r.path in pending]
