@@ -332,6 +332,7 @@ def tiny_clip(tmp_path_factory):
     return export_artifact(built, tmp_path_factory.mktemp("art") / "clip_tiny")
 
 
+@pytest.mark.slow  # exporting the tiny CLIP towers takes ~50 s on a busy 2-core machine
 def test_clip_zero_shot_over_the_data_set_classes(tiny_clip, arts, tmp_path):
     import edgeinfer
 
@@ -351,3 +352,24 @@ def test_clip_zero_shot_over_the_data_set_classes(tiny_clip, arts, tmp_path):
     for row, p in zip(zs, clip["_probs"][:2]):
         got = dict(row)
         assert [got[c] for c in ("cat", "dog", "ship")] == pytest.approx(p.tolist(), abs=1e-5)
+
+
+def test_compare_and_inspect_modules_are_torch_free():
+    from torch_blocked import assert_imports_without_torch
+
+    assert_imports_without_torch("edgeinfer.evaluate.compare", "edgeinfer.evaluate.compare_report",
+                                 "edgeinfer.evaluate.dataset_spec", "edgeinfer.evaluate.layers",
+                                 "edgeinfer.evaluate.serve_worker", "edgeinfer.cli.compare",
+                                 "edgeinfer.cli.inspect")
+
+
+def test_one_artifact_at_two_precisions(arts, tmp_path):
+    art = make_tiny_artifact(tmp_path / "two", precisions=("fp32", "int8"), name="tiny_two")
+    assert C.split_precision(f"{art}@int8") == (art, "int8")
+    assert C.split_precision(str(art)) == (art, None)
+    data = _imagefolder(tmp_path / "d", classes=("class 0", "class 1"), per=3)
+    res = C.compare([f"{art}@fp32", f"{art}@int8"], data, n=None, provider="cpu",
+                    measure_memory=False)
+    a, b = res["models"]
+    assert (a["precision"], b["precision"]) == ("fp32", "int8")
+    assert not np.allclose(a["_probs"], b["_probs"])      # the int8 file's weights differ

@@ -8,7 +8,9 @@ from pathlib import Path
 
 
 def add_parser(p) -> None:
-    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT_DIR", help="artifact directories")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT_DIR",
+                   help="artifact directories; DIR@int8 / DIR@fp16 / DIR@fp32 pins one precision "
+                        "(the same model at two precisions side by side)")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="labelled data: an ImageFolder (DIR/<class>/<image>), a folder of "
                         "<synset>_<name> photos, CIFAR-10 python batches, Fashion-MNIST idx files, "

@@ -9,7 +9,8 @@ How a model's outputs become scores over the data set's K classes:
 
 - a classifier: its classes are matched to the data set's by name (``dataset_spec``); a model
   that lacks any of them is reported as not covering the data set and is not scored (a zero
-  would be a lie); its time, size and memory are still measured. Its logits are restricted to the K matched classes and soft-maxed, so every
+  would be a lie); its time (on the first ``TIMING_ONLY_IMAGES``), size and memory are still
+  measured. Its logits are restricted to the K matched classes and soft-maxed, so every
   model answers the same K-way question (``top1_all_classes`` keeps the arg-max over all of the
   model's own classes, for models with more classes than the data set);
 - a CLIP artifact: zero-shot over the data set's class names (``"a photo of a {}."``).
@@ -34,6 +35,18 @@ from .dataset_spec import DataSet, match_classes, open_dataset
 
 KS = (1, 3, 5)
 MEMORY_IMAGES = 8   # images the memory-measuring process classifies (decode buffers included)
+TIMING_ONLY_IMAGES = 50  # a model that is not scored is only timed: 50 images give its p90
+
+
+def split_precision(spec) -> tuple[Path, str | None]:
+    """``DIR`` or ``DIR@fp32|fp16|int8`` (one artifact at several precisions in one comparison)."""
+    from ..runtime.artifact import PRECISIONS
+
+    s = str(spec)
+    head, sep, tail = s.rpartition("@")
+    if sep and tail in PRECISIONS and not Path(s).exists():
+        return Path(head), tail
+    return Path(s), None
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -136,6 +149,10 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
                 times.append((time.perf_counter() - t0) * 1000.0)
                 if progress:
                     progress(i + 1, len(ds))
+                if len(times) >= TIMING_ONLY_IMAGES:
+                    if progress:
+                        progress(len(ds), len(ds))
+                    break
                 continue
             if isinstance(r, np.ndarray) and mode == "classifier":
                 full = np.asarray(r, np.float64).reshape(-1)
@@ -201,6 +218,9 @@ def compare(artifacts: Sequence, data, *, n: int | None = 200, seed: int = 0,
             command: str | None = None) -> dict:
     """Evaluate every artifact on the same ``n`` images of ``data`` (any ``open_dataset`` spec).
 
+    An artifact may be given as ``DIR@int8`` (or ``@fp16`` / ``@fp32``) to pin its precision, so
+    one model at two precisions can sit side by side; otherwise ``precision`` applies to all.
+
     ``progress(name, model_index, models, done, total)`` is called after each image. Returns the
     results dict that ``compare_report.write_all`` writes out.
     """
@@ -211,15 +231,16 @@ def compare(artifacts: Sequence, data, *, n: int | None = 200, seed: int = 0,
     full = open_dataset(data)
     ds = full.sample(n, seed=seed)
     models = []
-    for mi, a in enumerate(artifacts):
-        name = Path(a).name
+    for mi, spec in enumerate(artifacts):
+        a, prec = split_precision(spec)
+        name = Path(a).name + (f"@{prec}" if prec else "")
 
         def cb(done, total, _n=name, _i=mi):
             if progress:
                 progress(_n, _i, len(artifacts), done, total)
 
         try:
-            models.append(evaluate_model(a, ds, provider=provider, precision=precision,
+            models.append(evaluate_model(a, ds, provider=provider, precision=prec or precision,
                                          measure_memory=measure_memory, progress=cb))
         except EdgeInferError as e:
             models.append({"artifact": str(a), "name": name, "status": "error", "reason": str(e)})

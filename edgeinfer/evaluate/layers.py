@@ -30,6 +30,7 @@ DATA_OPS = frozenset({
     "And", "Or", "NonZero", "ScatterND", "ScatterElements", "DepthToSpace", "SpaceToDepth",
     "MaxPool",  # order statistics are exact in any precision; QDQ graphs leave them between DQ/Q
 })
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 INT8_OPS = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm", "QAttention")
 _PARAM_SUFFIX = re.compile(r"\.(weight|bias|running_mean|running_var|scale|gamma|beta|"
                            r"in_proj_weight|in_proj_bias|pos_embed|cls_token|position_embedding|"
@@ -200,8 +201,8 @@ def float_nodes(onnx_path, *, precision: str) -> list[dict]:
     """Compute nodes of an INT8 or FP16 file that run in float32.
 
     INT8 (QDQ or QOperator): a node is integer when it is a QLinear*/…Integer op, or when every
-    input that is not a constant comes out of a DequantizeLinear (the QDQ pattern the engines
-    fuse). FP16: a node is float32 when shape inference types its output FLOAT.
+    input that is not a constant, and the weight of a Conv/Gemm/MatMul, comes out of a
+    DequantizeLinear (the QDQ pattern the engines fuse). FP16: a node is float32 when shape inference types its output FLOAT.
     """
     onnx = _onnx()
     if precision not in ("int8", "fp16"):
@@ -221,9 +222,13 @@ def float_nodes(onnx_path, *, precision: str) -> list[dict]:
                 continue
             acts = [i for i in n.input if i and i not in inits
                     and not (i in producer and producer[i].op_type == "Constant")]
-            if acts and all(i in producer and producer[i].op_type == "DequantizeLinear" for i in acts):
-                continue
             if not acts:
+                continue
+            # the weight of a matrix op must come through DequantizeLinear too: a float32
+            # initializer there (a node excluded from quantization) means a float kernel
+            if n.op_type in WEIGHT_OPS and len(n.input) > 1:
+                acts.append(n.input[1])
+            if all(i in producer and producer[i].op_type == "DequantizeLinear" for i in acts):
                 continue
         else:
             if types.get(n.output[0]) != onnx.TensorProto.FLOAT:
