@@ -87,7 +87,7 @@ def test_opset_17_uses_the_legacy_exporter(tiny, tmp_path):
 def test_existing_artifact_is_replaced_atomically(tiny, tmp_path):
     out = tmp_path / "a"
     pipeline.export_model("resnet18", weights="random", out=out, seed=1)
-    pipeline.export_model("resnet18", weights="random", out=out, seed=2)
+    pipeline.export_model("resnet18", weights="random", out=out, seed=2, force=True)
     assert read_manifest(out)["weights"]["seed"] == 2
     assert _leftovers(tmp_path) == []
 
@@ -202,7 +202,7 @@ def test_interrupted_export_leaves_nothing(tiny, tmp_path, monkeypatch, step):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(target, step, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export_model("resnet18", weights="random", out=tmp_path / "a", seed=5)
+        pipeline.export_model("resnet18", weights="random", out=tmp_path / "a", seed=5, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _leftovers(tmp_path) == []
 
