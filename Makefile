@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 --fp16 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL)
+	$(VENV)/bin/edgeinfer export --model $(MODEL) --weights random --int8 --fp16 $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) --calib $(PHOTOS) ) --out artifacts/$(MODEL) --force
 	$(VENV)/bin/edgeinfer bench artifacts/$(MODEL) --provider all --precision all $$( [ -d $(PHOTOS) ] && echo --images $(PHOTOS) ) --out artifacts/$(MODEL)/bench
 
 test: setup
