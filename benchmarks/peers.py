@@ -82,7 +82,7 @@ def ensure_artifact(model: str, root: Path, photos: Path, *, calib_size: int | N
     # and the image tower, which is what is compared here, does not depend on it).
     extra = {"label_sets": ["cifar10"]} if model.startswith("clip") else {}
     export_model(model, weights="random", out=d, int8=True, fp16=True, calib=photos,
-                 calib_size=calib_size, images=photos, **extra)
+                 calib_size=calib_size, images=photos, force=True, **extra)
     return Artifact(d)
 
 
