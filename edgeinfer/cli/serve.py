@@ -77,6 +77,15 @@ def run(args) -> int:
                             access_log=args.log_level == "debug")
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish in-flight requests, then the app's
-    # lifespan shutdown closes the scan (current batch committed), the models and the store
+    # lifespan shutdown closes the scan (current batch committed), the models and the store.
+    # Afterwards it re-raises the signal to the handler that was there before; make that one a
+    # no-op so a clean shutdown exits 0 instead of dying by the signal.
+    import signal
+
+    got: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: got.append(signum))
     server.run(sockets=[sock])
+    print(f"edgeinfer serve: stopped{' by signal ' + str(got[0]) if got else ''}; the library store is "
+          f"closed and consistent", flush=True)
     return 0

@@ -206,7 +206,7 @@ def clean_error(msg: str, name: str) -> str:
     """The runtime's message about in-memory bytes, with the file's name instead of a repr."""
     import re
 
-    msg = msg.replace("<bytes>", name, 1)
+    msg = re.sub(r"<(\d+ )?bytes(: \d+)?>", lambda m: name, msg, count=1)
     return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "(not an image)", msg)
 
 

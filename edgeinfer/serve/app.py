@@ -31,7 +31,10 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 def _import_fastapi():
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: form uploads)
+        import importlib.util
+
+        if not (importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")):
+            raise ImportError("python-multipart is needed for uploads", name="python-multipart")
     except ImportError as e:
         raise MissingDependencyError(getattr(e, "name", None) or "fastapi", "serve",
                                      "`edgeinfer serve`") from e
@@ -229,8 +232,32 @@ async def _send_json(send, status: int, body: dict, headers: dict | None = None)
 class MetricsMiddleware:
     """Counts and times every request by route template."""
 
-    def __init__(self, app, metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics, routes=None):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    def _route_name(self, scope) -> str:
+        route = scope.get("route")
+        if getattr(route, "path", None):
+            return route.path
+        # refused before routing (413 from UploadLimit): find the route template it was for
+        from starlette.routing import Match, Mount
+
+        def flat(routes):
+            for r in routes:
+                inner = getattr(r, "original_router", None)  # FastAPI's included-router wrapper
+                if inner is not None:
+                    yield from flat(inner.routes)
+                elif getattr(r, "path", None) and not isinstance(r, Mount):
+                    yield r
+
+        for r in flat(self.routes() if self.routes else ()):
+            try:
+                match, _ = r.matches(scope)
+            except Exception:  # noqa: BLE001 -- a label lookup must never fail a request
+                continue
+            if match != Match.NONE:
+                return r.path
+        return "static" if scope["method"] in ("GET", "HEAD") else "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -246,8 +273,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, snd)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", None) or ("static" if scope["method"] == "GET" else "unmatched")
+            name = self._route_name(scope)
             code = str(status["code"])
             self.metrics.requests.labels(name, scope["method"], code).inc()
             if status["code"] >= 400:
@@ -320,7 +346,7 @@ def create_app(config: ServeConfig | None = None, **options: Any):
                                       f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     app.add_middleware(UploadLimit, max_bytes=int(config.max_upload_mb * 2**20))
-    app.add_middleware(MetricsMiddleware, metrics=st.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=st.metrics, routes=lambda: app.routes)
     if config.cors:
         from fastapi.middleware.cors import CORSMiddleware
 

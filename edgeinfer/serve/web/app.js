@@ -445,6 +445,8 @@ function setScanProgress(j, startedAt) {
   if (j.photos_per_s != null) parts.push(`${Number(j.photos_per_s).toFixed(1)} photos/s`);
   if (!finished && j.eta_s != null) parts.push(`ETA ${Math.ceil(j.eta_s)} s`);
   if (j.failed) parts.push(`${j.failed} unreadable`);
+  if (j.skipped) parts.push(`${j.skipped} unchanged`);
+  if (j.deleted) parts.push(`${j.deleted} removed`);
   if (finished) parts.push(`${j.state} in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
   $("#scan-text").textContent = parts.join(" · ");
   $("#scan-progress").dataset.state = finished ? "finished" : "running";
@@ -587,15 +589,19 @@ function embeddingText(p) {
   const one = Array.isArray(e) ? e[0] : e;
   if (!one || typeof one !== "object") return null;
   const sha = one.sha256 || one.model_sha256;
-  return `${one.name || one.model || "model"}${sha ? ` (sha256 ${String(sha).slice(0, 12)}…)` : ""}`;
+  const shape = one.dim ? ` · ${one.dim}-d${one.dtype ? ` ${one.dtype}` : ""}` : "";
+  return `${one.name || one.model || "model"}${shape}${sha ? ` · sha256 ${String(sha).slice(0, 12)}…` : ""}`;
 }
-// Tags arrive as {model: [{label, score}]} or as a list of {model, label, score}.
+// Tags arrive as [{model, labels: [{label, score}]}], [{model, label, score}] or {model: [...]}.
 function tagsBlocks(tags) {
   if (!tags) return [];
   let byModel = tags;
   if (Array.isArray(tags)) {
     byModel = {};
-    for (const t of tags) (byModel[t.model || "tags"] ||= []).push(t);
+    for (const t of tags) {
+      const list = (byModel[t.model || "tags"] ||= []);
+      if (Array.isArray(t.labels)) list.push(...t.labels); else list.push(t);
+    }
   }
   return Object.entries(byModel).flatMap(([model, list]) => [
     el("div", { class: "small muted", text: `tags · ${model}` }),
