@@ -161,11 +161,11 @@ def test_killed_scan_leaves_a_consistent_store(tmp_path, clip_dir):
     code = f"""
 import time, edgeinfer.library.scan as sc
 from edgeinfer.library import LibraryModel, Store, run_scan
-orig = sc.process_batch
+orig = sc.infer_records
 def slow(*a, **k):
     time.sleep(0.15)
     return orig(*a, **k)
-sc.process_batch = slow
+sc.infer_records = slow
 ms = [LibraryModel.from_artifact({str(cls)!r}, provider='cpu'), LibraryModel.from_artifact({str(clip_dir)!r}, provider='cpu')]
 run_scan(Store({str(lib)!r}), {str(photos)!r}, ms, batch_size=2, progress=lambda s: print(s.done, flush=True))
 """
