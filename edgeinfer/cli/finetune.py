@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 
 def add_parser(p) -> None:
@@ -35,6 +34,8 @@ def add_parser(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA when PyTorch sees a GPU, else CPU")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="PyTorch CPU threads (default: one per core)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<model>-<strategy>)")
     e = p.add_argument_group("export")
     e.add_argument("--export", action="store_true",
@@ -43,6 +44,23 @@ def add_parser(p) -> None:
                    "training images; labelled accuracy of each precision on the validation split")
     e.add_argument("--fp16", action="store_true", help="with --export: FP16 file too")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _command(args, out: str) -> str:
+    """The command line that reproduces this run (every option spelled out, for the report)."""
+    parts = ["edgeinfer", "finetune", "--model", args.model, "--weights", args.weights, "--data",
+             args.data, "--strategy", args.strategy]
+    if args.strategy == "partial":
+        parts += ["--unfreeze", str(args.unfreeze)]
+    parts += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+              "--weight-decay", str(args.weight_decay)]
+    if args.normalization:
+        parts += ["--normalization", args.normalization]
+    parts += ["--folds", str(args.folds)] if args.folds else ["--val-split", str(args.val_split)]
+    parts += ["--seed", str(args.seed), "--device", args.device, "--out", out]
+    parts += ["--threads", str(args.threads)] if args.threads else []
+    parts += [f for f, on in (("--export", args.export), ("--int8", args.int8), ("--fp16", args.fp16)) if on]
+    return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 def run(args) -> int:
@@ -61,8 +79,8 @@ def run(args) -> int:
                  lr=args.lr, weight_decay=args.weight_decay, normalization=args.normalization,
                  val_split=None if args.folds else (args.val_split or None), folds=args.folds,
                  seed=args.seed, device=args.device, export=args.export, int8=args.int8,
-                 fp16=args.fp16, progress=say, show_bars=not args.quiet,
-                 command="edgeinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                 fp16=args.fp16, threads=args.threads, progress=say, show_bars=not args.quiet,
+                 command=_command(args, out))
     con = Console()
     s = r.get("summary") or {}
     if r["data"].get("folds"):

@@ -79,8 +79,8 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
              normalization: str | None = None, val_split: float | None = 0.2,
              folds: int | None = None, seed: int = 0, device: str = "auto",
              export: bool = False, int8: bool = False, fp16: bool = False,
-             progress: Callable[[str], None] | None = None, show_bars: bool = True,
-             command: str | None = None) -> dict:
+             threads: int | None = None, progress: Callable[[str], None] | None = None,
+             show_bars: bool = True, command: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` and write the results to ``out``; returns the report dict.
 
     ``strategy``: head | partial (last ``unfreeze`` blocks + head) | full. ``val_split``: fraction
@@ -89,8 +89,25 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
     run on all the data). ``normalization``: None (the recipe's), "imagenet" or "half" (0.5/0.5).
     ``export``: also write ``out/artifact`` (``int8`` / ``fp16`` add those files, calibrated on
     training images only, with every precision's labelled accuracy on the validation split).
+    ``threads``: PyTorch CPU threads for this run (None: PyTorch's default, one per core; on a
+    busy machine fewer threads avoid OpenMP oversubscription, which costs several times the time).
     """
     import torch
+
+    if threads is not None:
+        if int(threads) < 1:
+            raise InvalidOptionError(f"--threads must be >= 1 (got {threads})")
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return finetune(model, data=data, out=out, weights=weights, strategy=strategy,
+                            unfreeze=unfreeze, epochs=epochs, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, normalization=normalization,
+                            val_split=val_split, folds=folds, seed=seed, device=device,
+                            export=export, int8=int8, fp16=fp16, threads=None, progress=progress,
+                            show_bars=show_bars, command=command)
+        finally:
+            torch.set_num_threads(old)
 
     from ..export.recipes import get_recipe
 
@@ -166,7 +183,8 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         "trainable_blocks": tm.trainable, "params": counts,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "optimizer": "AdamW + cosine decay per step", "loss": "cross-entropy",
-        "seed": seed, "device": dev, "feature_cache": strategy == "head",
+        "seed": seed, "device": dev, "torch_threads": torch.get_num_threads(),
+        "feature_cache": strategy == "head",
         "preprocess": spec, "normalization": normalization or "recipe",
         "data": {"spec": str(data), "source": td.source, "classes": classes,
                  "images": len(y_all), "skipped_undecodable": skipped,
