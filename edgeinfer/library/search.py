@@ -23,15 +23,15 @@ def top_k(vs: VectorSet, query: np.ndarray, k: int, *, exclude: set[int] | None 
     if q.shape[0] != vs.matrix.shape[1]:
         raise ValueError(f"query has {q.shape[0]} dimensions, the stored vectors {vs.matrix.shape[1]}")
     scores = vs.matrix @ q
-    if exclude:
-        mask = np.isin(vs.ids, list(exclude))
-        scores = np.where(mask, -np.inf, scores)
-    k = max(0, min(int(k), int(np.isfinite(scores).sum())))
-    if k == 0:
+    exclude = exclude or set()
+    # take a few more than k and drop the excluded ones afterwards (no pass over all ids)
+    want = max(0, min(int(k) + len(exclude), len(scores)))
+    if want == 0:
         return []
-    idx = np.argpartition(-scores, k - 1)[:k]
+    idx = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
     idx = idx[np.argsort(-scores[idx], kind="stable")]
-    return [(int(vs.ids[i]), float(scores[i])) for i in idx]
+    out = [(int(vs.ids[i]), float(scores[i])) for i in idx if int(vs.ids[i]) not in exclude]
+    return out[: int(k)]
 
 
 def with_paths(store: Store, hits: list[tuple[int, float]]) -> list[dict]:
