@@ -61,7 +61,7 @@ def run(args) -> int:
         if m.get("status") != "ok":
             console.print(f"[yellow]{m['name']}[/]: {m.get('reason', m.get('status'))}")
     if res.get("random_weights"):
-        console.print("[bold red]RANDOM WEIGHTS[/] in " + ", ".join(
+        console.print("* [bold red]RANDOM WEIGHTS[/] in " + ", ".join(
             m["name"] for m in res["models"] if m.get("random_weights")) +
             ": their accuracy is chance level by construction")
     console.print(f"report: {files['html']}")

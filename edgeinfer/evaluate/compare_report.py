@@ -186,7 +186,7 @@ def plot_curves(results: dict, roc_path: Path, pr_path: Path) -> tuple[Path | No
     plt = _plt()
     out = []
     for kind, path in (("roc", roc_path), ("pr", pr_path)):
-        fig, ax = plt.subplots(figsize=(6.4, 5.0))
+        fig, ax = plt.subplots(figsize=(5.6, 4.6))
         for m in ms:
             c = micro_curves(m, results["targets"])
             if kind == "roc":
@@ -230,13 +230,15 @@ def plot_scatter(results: dict, path: Path) -> Path | None:
     cmap = plt.get_cmap("tab10")
     for i, m in enumerate(ms):
         ax.scatter(xs[i], ys[i], s=area[i], alpha=0.55, color=cmap(i % 10), edgecolor="k", lw=0.6)
-        ax.annotate(f"{_label(m)}\n{sizes[i]:.1f} MB", (xs[i], ys[i]), textcoords="offset points",
+        ax.annotate(f"{_label(m)}\n{_mb(m.get('size_bytes'))} MB", (xs[i], ys[i]), textcoords="offset points",
                     xytext=(8, 6), fontsize=7)
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+    # 1-2-5 ticks with plain numbers: a comparison often spans less than one decade
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("mean time per image, ms (decode + preprocess + inference; log scale)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_ylim(min(0.0, min(ys) - 0.05), 1.05)
@@ -264,6 +266,15 @@ def _mb(n) -> str:
         return "—"
     mb = n / 2**20
     return f"{mb:.2f}" if mb < 10 else f"{mb:.1f}" if mb < 100 else f"{mb:.0f}"
+
+
+def _short(n) -> str:
+    if n is None:
+        return "—"
+    for s_, d in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= d:
+            return f"{n / d:.3g}{s_}"
+    return str(n)
 
 
 def _human(n, unit=""):
@@ -348,13 +359,19 @@ def write_html(results: dict, path: Path, pngs: dict) -> Path:
                      _e("; ".join(f"{n}: {f['item']} ({f['error']})" for n, f in fails[:10])) + "</p>")
     parts.append("<div class='info'>" + "<br>".join(_e(s) for s in results.get("metric_notes", []))
                  + "</div>")
-    for key, title in (("scatter", "Accuracy vs time vs size"), ("confusion", "Confusion matrices"),
-                       ("roc", "ROC curves"), ("pr", "Precision-recall curves")):
+    def img(key, title):
         p = pngs.get(key)
-        if p:
-            b64 = base64.b64encode(Path(p).read_bytes()).decode()
-            parts.append(f"<h2>{_e(title)}</h2><img class='plot' alt='{_e(title)}' "
-                         f"src='data:image/png;base64,{b64}'>")
+        if not p:
+            return ""
+        b64 = base64.b64encode(Path(p).read_bytes()).decode()
+        return f"<img class='plot' alt='{_e(title)}' src='data:image/png;base64,{b64}'>"
+
+    parts.append("<h2>Accuracy vs time vs size</h2>" + img("scatter", "accuracy vs time vs size"))
+    parts.append("<h2>Confusion matrices</h2>" + img("confusion", "confusion matrices"))
+    curves = img("roc", "ROC curves") + img("pr", "precision-recall curves")
+    if curves:  # side by side: the same models, two views
+        parts.append("<h2>ROC and precision-recall curves</h2><div style='display:flex;gap:16px;"
+                     "flex-wrap:wrap;align-items:flex-start'>" + curves + "</div>")
     ms = scored(results)
     if ms:
         head = ["class", "support"] + [f"{m['name']} AUC / AP" for m in ms]
@@ -395,25 +412,28 @@ def write_all(results: dict, out_dir) -> dict:
 # ------------------------------------------------------------------ terminal
 def console_tables(results: dict):
     """Two rich tables that fit 80 columns: quality, then cost."""
+    from rich import box
     from rich.table import Table
 
-    q = Table(title="accuracy (macro P/R/F1; AUC one-vs-rest)", title_style="bold", pad_edge=False)
+    def tbl(title):  # no vertical rules: nine columns and a model name fit in 80 characters
+        return Table(title=title, title_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
+
+    q = tbl("accuracy (macro P/R/F1; AUC one-vs-rest)")
     for c in ("model", "prec", "top1", "top3", "F1", "MCC", "AUC", "P", "R"):
         q.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model",
-                     min_width=14 if c == "model" else None)
-    c_ = Table(title="cost per image (decode+preprocess+inference)", title_style="bold",
-               pad_edge=False)
+                     min_width=14 if c == "model" else None, overflow="fold")
+    c_ = tbl("cost per image (decode+preprocess+inference)")
     for c in ("model", "engine", "ms", "p90", "img/s", "params", "MACs", "MB", "RSS"):
         c_.add_column(c, justify="left" if c == "model" else "right", no_wrap=c != "model",
-                      min_width=14 if c == "model" else None)
+                      min_width=14 if c == "model" else None, overflow="fold")
     for m in results["models"]:
-        name = m["name"] + (" (random)" if m.get("random_weights") else "")
+        name = m["name"] + ("*" if m.get("random_weights") else "")   # * = random weights
         if m.get("status") != "ok":
             q.add_row(name, "[yellow]skip[/]", *(["—"] * 7))  # the reason is printed below
             if m.get("time_mean_ms"):  # not scored, but its costs were measured
                 c_.add_row(name, m.get("provider"), _fmt(m.get("time_mean_ms"), 1),
                            _fmt(m.get("time_p90_ms"), 1), _fmt(m.get("images_per_s"), 1),
-                           _human(m.get("params")), _human(m.get("macs")),
+                           _short(m.get("params")), _short(m.get("macs")),
                            _mb(m.get("size_bytes")), _fmt(m.get("peak_rss_mb"), 0))
             continue
         q.add_row(name, m.get("precision"), _fmt(m.get("top1")), _fmt(m.get("top3")),
@@ -421,7 +441,7 @@ def console_tables(results: dict):
                   _fmt(m.get("macro_precision")), _fmt(m.get("macro_recall")))
         c_.add_row(name, m.get("provider"), _fmt(m.get("time_mean_ms"), 1),
                    _fmt(m.get("time_p90_ms"), 1), _fmt(m.get("images_per_s"), 1),
-                   _human(m.get("params")), _human(m.get("macs")),
+                   _short(m.get("params")), _short(m.get("macs")),
                    _mb(m.get("size_bytes")), _fmt(m.get("peak_rss_mb"), 0))
     return q, c_
 
