@@ -290,6 +290,14 @@ def test_lazy_load_and_idle_unload(tmp_path, arts):
         r = c.post("/v1/classify", files=_files(("a.jpg", jpeg_bytes(1))))
         assert r.status_code == 200 and "labels" in r.json()["results"][0]["images"][0]
         assert c.get("/health").json()["models"][0]["reloads"] >= 1
+        # a scan pins the models it uses: no idle unload under it
+        sm = c.app.state.edge.models["tiny"]
+        sm.pin()
+        sm.last_used -= 100
+        assert not sm.unload_if_idle(0.01) and sm.loaded
+        sm.unpin()
+        sm.last_used -= 100
+        assert sm.unload_if_idle(0.01) and not sm.loaded
 
 
 def test_library_rescan_search_similar_duplicates(tmp_path, arts):

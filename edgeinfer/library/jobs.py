@@ -20,8 +20,10 @@ log = logging.getLogger("edgeinfer.library")
 
 
 class JobRunner:
-    def __init__(self, store: Store, models: Callable[[], list], *, batch_size: int = 16, top_k: int = 5):
-        self.store, self._models = store, models
+    def __init__(self, store: Store, models: Callable[[], list], *, batch_size: int = 16, top_k: int = 5,
+                 release: Callable[[list], None] | None = None):
+        # models(): the LibraryModels for one scan; release(models) when the scan is over
+        self.store, self._models, self._release = store, models, release
         self.batch_size, self.top_k = batch_size, top_k
         self._jobs: dict[str, dict] = {}
         self._stats: dict[str, ScanStats] = {}
@@ -89,13 +91,18 @@ class JobRunner:
                              deleted=s.deleted)
             self.store.save_job(j)
 
+        models = None
         try:
-            run_scan(self.store, job["path"], self._models(), batch_size=self.batch_size, top_k=self.top_k,
-                 progress=progress, cancel=self._cancel, stats=stats)
+            models = self._models()
+            run_scan(self.store, job["path"], models, batch_size=self.batch_size, top_k=self.top_k,
+                     progress=progress, cancel=self._cancel, stats=stats)
         except Exception as e:  # noqa: BLE001 -- a failed job is reported, not raised into the void
             log.exception("scan job %s failed", jid)
             self._finish(jid, "failed", f"{type(e).__name__}: {e}")
             return
+        finally:
+            if models is not None and self._release is not None:
+                self._release(models)
         self._finish(jid, "cancelled" if self._cancel.is_set() and stats.done < stats.total else "done", None)
 
     def _finish(self, jid: str, state: str, error: str | None) -> None:

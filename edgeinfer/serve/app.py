@@ -106,7 +106,7 @@ class AppState:
             self.store = Store(config.library)
             self.store.interrupted_jobs()
             self.jobs = JobRunner(self.store, self.library_models, batch_size=config.scan_batch,
-                                  top_k=config.top_k_tags)
+                                  top_k=config.top_k_tags, release=self.release_library_models)
         except BaseException:
             self.close()
             raise
@@ -117,11 +117,24 @@ class AppState:
             self._idle.start()
 
     def library_models(self) -> list:
-        """The loaded models wrapped for the library scan (loads lazy ones)."""
+        """The models wrapped for a library scan, loaded and pinned (no idle unload) until
+        ``release_library_models``."""
         from ..library.scan import LibraryModel
 
-        return [LibraryModel(m.model(), artifact_dir=m.artifact_dir, name=m.name)
-                for m in self.models.values() if m.kind in ("classifier", "clip")]
+        out = []
+        try:
+            for m in self.models.values():
+                if m.kind in ("classifier", "clip"):
+                    out.append(LibraryModel(m.pin(), artifact_dir=m.artifact_dir, name=m.name))
+                    out[-1].served = m
+        except BaseException:
+            self.release_library_models(out)
+            raise
+        return out
+
+    def release_library_models(self, models: list) -> None:
+        for lm in models:
+            lm.served.unpin()
 
     def _idle_loop(self) -> None:
         idle = float(self.config.idle_unload_s)

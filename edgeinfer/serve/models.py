@@ -42,6 +42,7 @@ class ServedModel:
         self._model = None
         self._lock = threading.Lock()
         self._inflight = 0
+        self._pins = 0                 # scans holding the Model object: never unload under them
         self.last_used = time.monotonic()
         self.load_seconds: float | None = None
         self.loads = 0
@@ -84,7 +85,7 @@ class ServedModel:
 
     def unload_if_idle(self, idle_s: float) -> bool:
         with self._lock:
-            if (self._model is None or self._inflight or not self._q.empty()
+            if (self._model is None or self._inflight or self._pins or not self._q.empty()
                     or time.monotonic() - self.last_used < idle_s):
                 return False
             self._model.close()
@@ -94,6 +95,21 @@ class ServedModel:
             if self.metrics:
                 self.metrics.loaded.labels(self.name).set(0)
             return True
+
+    def pin(self):
+        """The loaded Model, kept loaded until ``unpin`` (a library scan uses it directly)."""
+        with self._lock:
+            self._pins += 1
+        try:
+            return self.model()
+        except BaseException:
+            self.unpin()
+            raise
+
+    def unpin(self) -> None:
+        with self._lock:
+            self._pins = max(0, self._pins - 1)
+        self.last_used = time.monotonic()
 
     def close(self) -> None:
         self._stop.set()

@@ -212,7 +212,7 @@ async def embed(request: Request, image: list[UploadFile] = File(None), text: li
             t = time.perf_counter()
             with st.admission:
                 try:
-                    vec = await run_blocking(request, pl.text_embedding, sm.model(), texts)
+                    vec = await run_blocking(request, lambda: pl.text_embedding(sm.model(), texts))
                 except EdgeInferError as e:
                     raise ApiError(422, str(e)) from e
             entry["texts"] = [{"text": s, "embedding": [round(float(x), 7) for x in v]} for s, v in zip(texts, vec)]

@@ -73,7 +73,8 @@ def _clip(request: Request, name: Optional[str]):
 
 @router.get("/v1/search", summary="Photos ranked by CLIP text-to-image similarity")
 async def search(request: Request, q: str = Query(..., min_length=1, max_length=1000),
-                 k: int = Query(20, ge=1, le=1000), model: Optional[str] = None):
+                 k: int = Query(20, ge=1, le=1000), model: Optional[str] = None,
+                 category: Optional[str] = None):
     from ..library.search import top_k, with_paths
 
     st = state(request)
@@ -81,10 +82,14 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
     t = time.perf_counter()
     with st.admission:
         try:
-            vec = (await run_blocking(request, pl.text_embedding, sm.model(), [q]))[0]
+            vec = (await run_blocking(request, lambda: pl.text_embedding(sm.model(), [q])))[0]
         except EdgeInferError as e:
             raise ApiError(422, str(e)) from e
         vs = await run_blocking(request, st.store.vectors, sm.sha256)
+        if category:  # user categories (issue 14): only photos tagged with it
+            from ..library.categories import restrict
+
+            vs = await run_blocking(request, restrict, st.store, vs, category)
         hits = await run_blocking(request, top_k, vs, vec, k)
     res = {"model": sm.name, "model_sha256": sm.sha256, "query": q, "results": with_paths(st.store, hits),
            "searched": int(len(vs.ids)), "time_ms": round((time.perf_counter() - t) * 1000, 2)}
@@ -126,7 +131,7 @@ async def similar(request: Request):
             raise ApiError(400, "give {\"photo_id\": N} (an integer) or upload an 'image'")
         k = _int(body.get("k"), 20)
         sm = _clip(request, body.get("model"))
-        sm.model()
+        await run_blocking(request, sm.model)  # loads it when lazy / unloaded (its sha256 is needed)
         if st.store.photo(pid) is None:
             raise ApiError(404, f"unknown photo {pid}")
         vec = st.store.embedding(pid, sm.sha256)
@@ -162,7 +167,7 @@ async def duplicates(request: Request, threshold: Optional[float] = Query(None, 
     sha = None
     if method == "clip":
         sm = _clip(request, model)
-        sm.model()
+        await run_blocking(request, sm.model)
         sha = sm.sha256
     t = time.perf_counter()
     groups = await run_blocking(request, lambda: duplicate_groups(st.store, threshold=threshold, model_sha256=sha))
@@ -172,9 +177,17 @@ async def duplicates(request: Request, threshold: Optional[float] = Query(None, 
 
 @router.get("/v1/photos", summary="List stored photos (paged), optionally with a tag")
 async def photos(request: Request, tag: Optional[str] = None, offset: int = Query(0, ge=0),
-                 limit: int = Query(50, ge=1, le=1000)):
+                 limit: int = Query(50, ge=1, le=1000), category: Optional[str] = None):
     st = state(request)
-    if tag:
+    if category:  # user categories (issue 14), best score first
+        from ..library.categories import ensure
+
+        ensure(st.store)
+        rows = st.store.query("SELECT p.id, p.path, p.width, p.height, p.error, MAX(c.score) AS score "
+                              "FROM photos p JOIN photo_categories c ON c.photo_id = p.id WHERE "
+                              "c.category = ? GROUP BY p.id ORDER BY score DESC LIMIT ? OFFSET ?",
+                              (category, limit, offset))
+    elif tag:
         rows = st.store.query("SELECT DISTINCT p.id, p.path, p.width, p.height, p.error FROM photos p "
                               "JOIN tags t ON t.photo_id = p.id WHERE t.label = ? ORDER BY p.id LIMIT ? OFFSET ?",
                               (tag, limit, offset))
@@ -191,6 +204,9 @@ async def photo(request: Request, photo_id: int):
     if p is None:
         raise ApiError(404, f"unknown photo {photo_id}")
     p["photo_id"] = p.pop("id")
+    from ..library.categories import photo_categories
+
+    p["categories"] = photo_categories(state(request).store, photo_id)  # issue 14
     return p
 
 
