@@ -352,6 +352,9 @@ def run_scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLik
                cancel=cancel, stats=stats)
     else:
         raise ScanError(f"unknown engine {engine!r}; valid engines: local, ray")
+    from .categories import tag_scanned  # user categories (issue 14) tag what the scan stored
+
+    tag_scanned(store, [m.sha256 for m in models])
     stats.elapsed_s = time.perf_counter() - stats.started
     return stats
 
