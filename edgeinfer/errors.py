@@ -103,3 +103,7 @@ class CategoryError(EdgeInferError, ValueError):
 
 class EmbeddingModelMismatchError(CategoryError):
     """Categories built on embeddings of one model version used with another model's embeddings."""
+
+
+class NativeBuildError(EdgeInferError):
+    """The native runner cannot be configured or built (compiler, CMake or a -dev package missing)."""

@@ -149,67 +149,86 @@ Image crop(const Image& in, long long x0, long long y0, long long cw, long long 
 
 }  // namespace
 
-Image resize_pil(const Image& in, int ow, int oh, const std::string& filter, float bx0, float by0, float bx1, float by1) {
-    if (ow < 1 || oh < 1) throw OptionError("resize to an empty size");
-    float box[4] = {bx0, by0, bx1, by1};
-    if (ow == in.width && oh == in.height && bx0 == 0 && by0 == 0 && bx1 == float(in.width) && by1 == float(in.height))
-        return in;  // Image.resize returns a copy
-    if (filter == "nearest") return resize_nearest(in, ow, oh, box);
-    Filter f = filter_for(filter);
-    const bool need_h = ow != in.width || box[0] != 0 || box[2] != float(ow);
-    const bool need_v = oh != in.height || box[1] != 0 || box[3] != float(oh);
-    Coeffs ch = precompute(in.width, box[0], box[2], ow, f);
-    Coeffs cv = precompute(in.height, box[1], box[3], oh, f);
-    const int yfirst = cv.bounds[0];
-    const int ylast = cv.bounds[size_t(oh) * 2 - 2] + cv.bounds[size_t(oh) * 2 - 1];
+namespace {
 
-    const Image* src = &in;
-    Image tmp;
-    if (need_h) {
-        for (int i = 0; i < oh; i++) cv.bounds[size_t(i) * 2] -= yfirst;
-        tmp.width = ow;
-        tmp.height = ylast - yfirst;
-        tmp.rgb.resize(size_t(tmp.width) * tmp.height * 3);
-        for (int yy = 0; yy < tmp.height; yy++) {
-            const uint8_t* row = &in.rgb[size_t(yy + yfirst) * in.width * 3];
-            uint8_t* orow = &tmp.rgb[size_t(yy) * ow * 3];
-            for (int xx = 0; xx < ow; xx++) {
-                const int xmin = ch.bounds[size_t(xx) * 2], xmax = ch.bounds[size_t(xx) * 2 + 1];
-                const int32_t* k = &ch.kk[size_t(xx) * ch.ksize];
-                int s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-                for (int x = 0; x < xmax; x++) {
-                    const uint8_t* p = row + size_t(x + xmin) * 3;
-                    s0 += p[0] * k[x];
-                    s1 += p[1] * k[x];
-                    s2 += p[2] * k[x];
-                }
-                orow[xx * 3] = clip8(s0);
-                orow[xx * 3 + 1] = clip8(s1);
-                orow[xx * 3 + 2] = clip8(s2);
-            }
-        }
-        src = &tmp;
-    }
-    if (!need_v) {
-        if (src == &tmp) return tmp;
-        return in;
-    }
+// one horizontal pass: rows [offset, offset + rows) of `in` -> ow columns
+Image pass_horizontal(const Image& in, int offset, int rows, const Coeffs& ch, int ow) {
     Image out;
-    out.width = src->width;
+    out.width = ow;
+    out.height = rows;
+    out.rgb.resize(size_t(ow) * rows * 3);
+    for (int yy = 0; yy < rows; yy++) {
+        const uint8_t* row = &in.rgb[size_t(yy + offset) * in.width * 3];
+        uint8_t* orow = &out.rgb[size_t(yy) * ow * 3];
+        for (int xx = 0; xx < ow; xx++) {
+            const int xmin = ch.bounds[size_t(xx) * 2], xmax = ch.bounds[size_t(xx) * 2 + 1];
+            const int32_t* k = &ch.kk[size_t(xx) * ch.ksize];
+            int s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+            for (int x = 0; x < xmax; x++) {
+                const uint8_t* p = row + size_t(x + xmin) * 3;
+                s0 += p[0] * k[x];
+                s1 += p[1] * k[x];
+                s2 += p[2] * k[x];
+            }
+            orow[xx * 3] = clip8(s0);
+            orow[xx * 3 + 1] = clip8(s1);
+            orow[xx * 3 + 2] = clip8(s2);
+        }
+    }
+    return out;
+}
+
+// one vertical pass over all columns of `in` -> oh rows
+Image pass_vertical(const Image& in, const Coeffs& cv, int oh) {
+    Image out;
+    out.width = in.width;
     out.height = oh;
-    out.rgb.resize(size_t(out.width) * oh * 3);
-    const int W = src->width;
+    out.rgb.resize(size_t(in.width) * oh * 3);
+    const size_t stride = size_t(in.width) * 3;
     for (int yy = 0; yy < oh; yy++) {
         const int ymin = cv.bounds[size_t(yy) * 2], ymax = cv.bounds[size_t(yy) * 2 + 1];
         const int32_t* k = &cv.kk[size_t(yy) * cv.ksize];
-        uint8_t* orow = &out.rgb[size_t(yy) * W * 3];
-        for (int xx = 0; xx < W * 3; xx++) {
+        uint8_t* orow = &out.rgb[size_t(yy) * stride];
+        for (size_t xx = 0; xx < stride; xx++) {
             int s = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < ymax; y++) s += src->rgb[size_t(y + ymin) * W * 3 + xx] * k[y];
+            for (int y = 0; y < ymax; y++) s += in.rgb[size_t(y + ymin) * stride + xx] * k[y];
             orow[xx] = clip8(s);
         }
     }
     return out;
+}
+
+}  // namespace
+
+Image resize_pil(const Image& in, int ow, int oh, const std::string& filter, float bx0, float by0, float bx1, float by1) {
+    if (ow < 1 || oh < 1) throw OptionError("resize to an empty size");
+    float box[4] = {bx0, by0, bx1, by1};
+    // _imaging.c: an integer box of the output's size is a crop
+    if (box[0] - int(box[0]) == 0 && box[2] - box[0] == ow && box[1] - int(box[1]) == 0 && box[3] - box[1] == oh)
+        return crop(in, int(box[0]), int(box[1]), ow, oh);
+    if (filter == "nearest") return resize_nearest(in, ow, oh, box);
+    Filter f = filter_for(filter);
+    const bool need_h = ow != in.width || box[0] != 0 || box[2] != float(ow);
+    const bool need_v = oh != in.height || box[1] != 0 || box[3] != float(oh);
+    Coeffs cv = precompute(in.height, box[1], box[3], oh, f);
+    if (!need_h && !need_v) return in;
+    Coeffs ch = precompute(in.width, box[0], box[2], ow, f);
+    if (!need_h) return pass_vertical(in, cv, oh);
+    // Pillow 13 (python-pillow#9549): when the height shrinks by more than twice the pixels the
+    // width does, the vertical pass runs first (the pass order changes the 8-bit rounding)
+    const bool vertical_first = oh < in.height && (in.height - oh) > 2 * (in.width - ow);
+    if (vertical_first) {
+        if (!need_v) return pass_horizontal(in, 0, in.height, ch, ow);
+        Image tmp = pass_vertical(in, cv, oh);
+        return pass_horizontal(tmp, 0, oh, ch, ow);
+    }
+    // horizontal first, only over the rows the vertical pass reads
+    const int yfirst = cv.bounds[0];
+    const int ylast = cv.bounds[size_t(oh) * 2 - 2] + cv.bounds[size_t(oh) * 2 - 1];
+    Image tmp = pass_horizontal(in, need_v ? yfirst : 0, need_v ? ylast - yfirst : in.height, ch, ow);
+    if (!need_v) return tmp;
+    for (int i = 0; i < oh; i++) cv.bounds[size_t(i) * 2] -= yfirst;
+    return pass_vertical(tmp, cv, oh);
 }
 
 namespace {
