@@ -145,3 +145,28 @@ def test_from_model_tags_photos_and_passes_failures_through(tmp_path, monkeypatc
     d["identity"] = {**d["identity"], "sha256": "0" * 64}
     with pytest.raises(EmbeddingModelMismatchError, match="rebuild the categories"):
         CategorySet.from_dict(d).tag(m, imgs[0])
+
+
+def test_cli_build_tag_report(tmp_path, monkeypatch, capsys):
+    from edgeinfer.cli.main import main
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    art = tiny_artifact(tmp_path / "clip", kind="clip", classes=16)
+    for name, seeds in (("a", range(0, 3)), ("b", range(3, 6)), ("neg", range(6, 10))):
+        (tmp_path / name).mkdir()
+        for s in seeds:
+            make_image(s, size=(64, 48)).save(tmp_path / name / f"{s}.jpg")
+    out = tmp_path / "cats.json"
+    assert main(["categories", "build", str(art), "--category", f"a={tmp_path / 'a'}",
+                 "--category", f"b={tmp_path / 'b'}", "--negatives", str(tmp_path / "neg"),
+                 "--out", str(out), "--provider", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "leave-one-out accuracy" in text and "on 4 negatives" in text and out.is_file()
+    assert main(["categories", "tag", str(out), str(art), str(tmp_path / "a" / "0.jpg"), "--json",
+                 "--provider", "cpu"]) == 0
+    tags = json.loads(capsys.readouterr().out)
+    assert tags[0]["image"].endswith("0.jpg") and isinstance(tags[0]["categories"], list)
+    assert main(["categories", "report", str(out)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["examples"] == 6 and rep["negatives"] == 4
+    assert main(["categories", "build", str(art), "--category", "broken", "--out", str(out)]) == 1

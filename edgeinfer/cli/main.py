@@ -22,6 +22,7 @@ VERBS = {
     "compare": "Compare models side by side on a labelled data set",
     "inspect": "Per-layer op types, shapes, parameters and MACs of an artifact",
     "finetune": "Fine-tune a model on your classes (head / partial / full)",
+    "categories": "Few-shot user categories from a few example photos (build / tag / report)",
     "index": "Index photo folders into a library (local or Ray Data)",
     "serve": "Run the photo service (HTTP API + web page)",
     "native-build": "Build the native runner edgeinfer-run (C++, OpenVINO)",

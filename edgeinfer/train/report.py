@@ -113,6 +113,7 @@ def render_html(r: dict, *, curves: str | None) -> str:
         ["data", e(f"{r['data']['spec']} ({r['data']['source']}): {r['data']['images']} images, "
                    f"{len(r['data']['classes'])} classes")],
         ["evaluation", e(f"{folds}-fold cross-validation (stratified)" if folds else
+                         f"separate validation set {r['data']['val_data']}" if r["data"].get("val_data") else
                          f"stratified hold-out split, val fraction {r['data'].get('val_split')}")],
         ["epochs / batch / lr", e(f"{r['epochs']} / {r['batch_size']} / {r['lr']} ({r['optimizer']})")],
         ["normalization", e(f"{r['normalization']}: mean {r['preprocess']['mean']}, std {r['preprocess']['std']}")],
@@ -120,7 +121,7 @@ def render_html(r: dict, *, curves: str | None) -> str:
         ["device / seed", e(f"{r['device']} / {r['seed']}")],
         ["weights on disk", e(f"{r['weights_bytes'] / 1e6:.2f} MB ({r['weights_file']})")],
         ["total time", e(f"{r.get('total_seconds', '?')} s")],
-        ["load average", e(str(r["environment"].get("loadavg")))],
+        ["load average", e(", ".join(f"{v:.2f}" for v in r["environment"].get("loadavg") or []))],
     ]
     names = {"accuracy": "accuracy (top-1)", "top5": "top-5", "precision": "macro precision",
              "recall": "macro recall", "f1": "macro F1", "mcc": "MCC", "auc": "macro AUC (OvR)"}
@@ -152,7 +153,7 @@ def render_html(r: dict, *, curves: str | None) -> str:
                  + _table(rows, ["epoch", "train loss", "train acc", "val loss", "val acc", "time"]))
     mem = run.get("peak_memory_mb")
     parts.append(f"<p>Peak memory: {mem} MB ({e(run.get('peak_memory_kind', ''))}). "
-                 f"Time per epoch: {run.get('seconds_per_epoch')} s"
+                 f"Time per epoch: {run.get('seconds_per_epoch') or 0:.2f} s"
                  + (f"; feature cache built once in {run['feature_cache_seconds']} s" if r.get("feature_cache") else "")
                  + ".</p>")
     conf = (run.get("metrics") or {}).get("confusion")
@@ -168,7 +169,10 @@ def render_html(r: dict, *, curves: str | None) -> str:
         lab = ex.get("labelled_val")
         if lab:
             rows = [[e(p), _fmt(m["accuracy"], True), _fmt(m.get("f1")), _fmt(m.get("mcc")),
-                     f"{m.get('drop_points_vs_fp32', 0):+.2f}"] for p, m in lab["precisions"].items()]
+                     f"{m.get('drop_points_vs_fp32', 0):+.2f}"]
+                    for p, m in sorted(lab["precisions"].items(),
+                                       key=lambda kv: ("fp32", "fp16", "int8").index(kv[0])
+                                       if kv[0] in ("fp32", "fp16", "int8") else 9)]
             parts.append(f"<p>Labelled accuracy on the {lab['images']} validation images "
                          f"(ONNX Runtime CPU):</p>"
                          + _table(rows, ["precision", "accuracy", "macro F1", "MCC", "points lost vs FP32"]))
