@@ -101,17 +101,19 @@ def test_fp16_float_nodes(tmp_path):
     assert [f["op"] for f in fl] == ["GlobalAveragePool"]
 
 
-def test_cli_inspect_table_and_json(tmp_path):
-    art = make_tiny_artifact(tmp_path / "tiny", precisions=("fp32", "int8"))
-    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "inspect", str(art)]
-    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True)
-    j = json.loads(r.stdout)
+def test_cli_inspect_table_and_json(tmp_path, capsys):
+    from edgeinfer.cli.main import main
+
+    art = str(make_tiny_artifact(tmp_path / "tiny", precisions=("fp32", "int8")))
+    assert main(["inspect", art, "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
     assert j["totals"]["params"] == 314 and j["counted_on"] == "fp32" and j["layers"]
-    r = subprocess.run(cmd + ["--precision", "int8"], capture_output=True, text=True, check=True)
-    assert "total" in r.stdout and "stayed in float32" in r.stdout
-    assert max(len(line) for line in r.stdout.splitlines()) <= 80
-    r = subprocess.run(cmd + ["--precision", "fp16"], capture_output=True, text=True)
-    assert r.returncode == 1 and "no fp16" in r.stderr
+    assert main(["inspect", art, "--precision", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "total" in out and "stayed in float32" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert main(["inspect", art, "--precision", "fp16"]) == 1
+    assert "no fp16" in capsys.readouterr().err
 
 
 # Published figures (timm / torchvision model cards, papers): params and GMACs at 224 px.
