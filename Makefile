@@ -5,7 +5,7 @@ PIP = $(VENV)/bin/pip
 MODEL ?= mobilevit_s
 PHOTOS ?= ../shared/data/photos
 
-.PHONY: setup demo test bench-peers clean
+.PHONY: setup demo test bench-peers native clean
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# the native runner (C++): build/edgeinfer-run and build/libedgeinfer.so (native/README.md)
+native: setup
+	$(VENV)/bin/edgeinfer native-build --build-dir build
 
 bench-peers: setup
 	$(VENV)/bin/python benchmarks/peers.py --photos $(PHOTOS)
