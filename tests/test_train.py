@@ -254,3 +254,21 @@ def test_export_int8_records_labelled_accuracy_of_every_precision(digits_run, tm
     assert set(accs) == {"fp32", "fp16", "int8"}
     assert accs["fp32"] == pytest.approx(r["summary"]["accuracy"], abs=0.02)  # ORT vs PyTorch
     assert r["export"]["calibration"]["images"] > 0
+
+
+def test_separate_validation_set(digits_run, tmp_path):
+    from edgeinfer.evaluate.datasets import DatasetError
+    from edgeinfer.train import finetune
+
+    _, _, full, _ = digits_run
+    names = {c: f"digit {c}" for c in range(10)}
+    tr = write_digits_csv(tmp_path / "tr.csv", per_class=5, classes=range(5, 8), names=names, seed=1)
+    te = write_digits_csv(tmp_path / "te.csv", per_class=12, classes=range(5, 8), names=names, seed=2)
+    r = finetune("simple_cnn", data=tr, val_data=te, out=tmp_path / "o", strategy="head",
+                 weights=str(full / "weights.safetensors"), epochs=2, batch_size=5, show_bars=False)
+    assert r["runs"][0]["train_images"] == 15 and r["runs"][0]["val_images"] == 36
+    assert r["data"]["val_data"] == str(te) and r["summary"]["accuracy"] is not None
+    other = write_digits_csv(tmp_path / "x.csv", per_class=3, classes=range(0, 3), names=names)
+    with pytest.raises(DatasetError, match="match none"):
+        finetune("simple_cnn", data=tr, val_data=other, out=tmp_path / "o2", strategy="head",
+                 weights="random", epochs=1, show_bars=False)

@@ -29,6 +29,8 @@ def add_parser(p) -> None:
     v = p.add_mutually_exclusive_group()
     v.add_argument("--val-split", type=float, default=0.2, metavar="F",
                    help="fraction of each class held out for validation (default 0.2; 0 = none)")
+    v.add_argument("--val-data", default=None, metavar="SPEC",
+                   help="a separate validation set with the same classes (all of --data trains)")
     v.add_argument("--folds", type=int, default=None, metavar="K",
                    help="K-fold cross-validation: every fold's curves and mean ± std of each metric")
     p.add_argument("--seed", type=int, default=0)
@@ -56,7 +58,12 @@ def _command(args, out: str) -> str:
               "--weight-decay", str(args.weight_decay)]
     if args.normalization:
         parts += ["--normalization", args.normalization]
-    parts += ["--folds", str(args.folds)] if args.folds else ["--val-split", str(args.val_split)]
+    if args.folds:
+        parts += ["--folds", str(args.folds)]
+    elif args.val_data:
+        parts += ["--val-data", args.val_data]
+    else:
+        parts += ["--val-split", str(args.val_split)]
     parts += ["--seed", str(args.seed), "--device", args.device, "--out", out]
     parts += ["--threads", str(args.threads)] if args.threads else []
     parts += [f for f, on in (("--export", args.export), ("--int8", args.int8), ("--fp16", args.fp16)) if on]
@@ -77,7 +84,8 @@ def run(args) -> int:
     r = finetune(args.model, data=args.data, out=out, weights=args.weights, strategy=args.strategy,
                  unfreeze=args.unfreeze, epochs=args.epochs, batch_size=args.batch_size,
                  lr=args.lr, weight_decay=args.weight_decay, normalization=args.normalization,
-                 val_split=None if args.folds else (args.val_split or None), folds=args.folds,
+                 val_split=None if args.folds else (args.val_split or None),
+                 val_data=args.val_data, folds=args.folds,
                  seed=args.seed, device=args.device, export=args.export, int8=args.int8,
                  fp16=args.fp16, threads=args.threads, progress=say, show_bars=not args.quiet,
                  command=_command(args, out))

@@ -77,14 +77,15 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
              weights: str = "pretrained", strategy: str = "head", unfreeze: int = 1,
              epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
              normalization: str | None = None, val_split: float | None = 0.2,
-             folds: int | None = None, seed: int = 0, device: str = "auto",
+             val_data: str | os.PathLike | None = None, folds: int | None = None, seed: int = 0, device: str = "auto",
              export: bool = False, int8: bool = False, fp16: bool = False,
              threads: int | None = None, progress: Callable[[str], None] | None = None,
              show_bars: bool = True, command: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` and write the results to ``out``; returns the report dict.
 
     ``strategy``: head | partial (last ``unfreeze`` blocks + head) | full. ``val_split``: fraction
-    held out per class (None or 0: train on everything, no validation). ``folds``: K-fold cross
+    held out per class (None or 0: train on everything, no validation). ``val_data``: a separate
+    validation set SPEC with the same classes instead (all of ``data`` trains). ``folds``: K-fold cross
     validation instead (every fold from the same initial weights; the saved weights are a final
     run on all the data). ``normalization``: None (the recipe's), "imagenet" or "half" (0.5/0.5).
     ``export``: also write ``out/artifact`` (``int8`` / ``fp16`` add those files, calibrated on
@@ -103,7 +104,7 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
             return finetune(model, data=data, out=out, weights=weights, strategy=strategy,
                             unfreeze=unfreeze, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, normalization=normalization,
-                            val_split=val_split, folds=folds, seed=seed, device=device,
+                            val_split=val_split, val_data=val_data, folds=folds, seed=seed, device=device,
                             export=export, int8=int8, fp16=fp16, threads=None, progress=progress,
                             show_bars=show_bars, command=command)
         finally:
@@ -120,6 +121,9 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         raise InvalidOptionError(f"--lr must be > 0 (got {lr})")
     if (int8 or fp16) and not export:
         raise InvalidOptionError("--int8/--fp16 need --export")
+    if folds and val_data is not None:
+        raise InvalidOptionError("--folds and --val-data exclude each other (k-fold validates on "
+                                 "its own folds)")
     if folds is not None and folds < 2:
         raise InvalidOptionError(f"--folds must be at least 2 (got {folds})")
     out = Path(out)
@@ -139,6 +143,15 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
     skipped = len(td) - len(kept)
     y_all = td.targets[kept]
     items = [td.items[i] for i in kept]
+    if val_data is not None:
+        from ..evaluate.datasets import load_labelled
+
+        vd = load_labelled(val_data, classes)  # class names must match the training set's
+        _say(progress, f"preprocessing {len(vd.paths)} validation images from {val_data}")
+        x_extra, vkept = preprocess_items(list(vd.paths), spec)
+        n_train = len(y_all)
+        x_all = np.concatenate([x_all, x_extra])
+        y_all = np.concatenate([y_all, np.asarray(vd.targets, np.int64)[vkept]])
     init_state = {k: v.clone() for k, v in tm.module.state_dict().items()}
 
     def fresh_model():
@@ -161,7 +174,9 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         res = fit(fresh_model(), x_all, y_all, None, None, seed=seed, label="final", **common)
         final = _run_record(res, fold=None, n_train=len(y_all), n_val=0)
     else:
-        if val_split:
+        if val_data is not None:
+            train_idx, val_idx = np.arange(n_train), np.arange(n_train, len(y_all))
+        elif val_split:
             train_idx, val_idx = stratified_split(y_all, val_fraction=val_split, seed=seed)
         _say(progress, f"training on {len(train_idx)} images, validating on {len(val_idx)}")
         res = fit(fresh_model(), x_all[train_idx], y_all[train_idx],
@@ -189,7 +204,8 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         "data": {"spec": str(data), "source": td.source, "classes": classes,
                  "images": len(y_all), "skipped_undecodable": skipped,
                  "per_class": np.bincount(y_all, minlength=len(classes)).tolist(),
-                 "val_split": None if folds else val_split, "folds": folds},
+                 "val_split": None if (folds or val_data is not None) else val_split,
+                 "val_data": None if val_data is None else str(val_data), "folds": folds},
         "runs": runs,
         "weights_file": WEIGHTS_FILE, "weights_bytes": wpath.stat().st_size,
         "labels_file": LABELS_FILE,
@@ -205,10 +221,12 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         report["summary"]["seconds_per_epoch"] = _mean_std([r["seconds_per_epoch"] for r in runs])
     else:
         report["summary"] = {k: final["metrics"].get(k) for k in SUMMARY_KEYS} if final["metrics"] else {}
+    report["data"]["images"] = int(len(train_idx) + len(val_idx)) if not folds else len(y_all)
+    report["data"]["per_class"] = np.bincount(y_all, minlength=len(classes)).tolist()
     if export:
         report["export"] = export_finetuned(
             out, model=model, weights_path=wpath, spec=spec, normalization=normalization,
-            classes=classes, calib_items=[items[i] for i in train_idx],
+            classes=classes, calib_items=[items[i] for i in train_idx],  # training images only
             calib_targets=y_all[train_idx], x_val=x_all[val_idx] if len(val_idx) else None,
             y_val=y_all[val_idx] if len(val_idx) else None, int8=int8, fp16=fp16, seed=seed,
             train_info={k: report[k] for k in ("strategy", "epochs", "seed", "initial_weights")},
