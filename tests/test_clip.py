@@ -81,6 +81,12 @@ def model(tiny):
     m.close()
 
 
+def probabilities(model, images, labels, templates=None):
+    """(probs [N, L], label names) through the runtime's public text side."""
+    names, emb = model.text.resolve(labels, templates=templates)
+    return model.text.probabilities(model.embed_raw(images), emb), names
+
+
 def torch_reference(built, images, classnames, templates):
     """open_clip's own zero-shot: its transform, encode_image, build_zero_shot_classifier."""
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
@@ -145,11 +151,9 @@ def test_text_onnx_variable_length_matches_torch(tiny):
 
 # ------------------------------------------------------------------ zero-shot runtime
 def test_zero_shot_label_set_matches_open_clip(tiny, model):
-    from edgeinfer.runtime.zero_shot import probabilities
-
     built, _ = tiny
     images = [make_image(i) for i in range(6)]
-    probs, names, _ = probabilities(model, images, "cifar10")
+    probs, names = probabilities(model, images, "cifar10")
     labels, _, templates = label_set_spec("cifar10")
     ref = torch_reference(built, images, labels, templates)
     assert names == labels
@@ -162,12 +166,10 @@ def test_zero_shot_label_set_matches_open_clip(tiny, model):
 
 
 def test_zero_shot_custom_labels_match_open_clip(tiny, model):
-    from edgeinfer.runtime.zero_shot import probabilities
-
     built, _ = tiny
     images = [make_image(10 + i) for i in range(4)]
     labels = ["shark", "dolphin", "lizard", "giraffe", "Straße", "日本の猫"]
-    probs, names, _ = probabilities(model, images, labels)
+    probs, names = probabilities(model, images, labels)
     ref = torch_reference(built, images, labels, ["a photo of a {}."])
     assert names == labels and np.abs(probs - ref).max() < 1e-4
     # comma-separated string, one image in -> one result out
@@ -175,7 +177,9 @@ def test_zero_shot_custom_labels_match_open_clip(tiny, model):
     assert len(one) == 4 and abs(sum(p for _, p in one) - 1) < 1e-6
     # a template ensemble for custom labels
     ens = ["a photo of a {}.", "a drawing of the {}."]
-    probs2, _, _ = probabilities(model, images, labels, templates=ens)
+    probs2, _ = probabilities(model, images, labels, templates=ens)
+    res = model.zero_shot(images, labels, top_k=1, templates=ens)
+    assert [r[0][0] for r in res] == [labels[i] for i in probs2.argmax(1)]
     assert np.abs(probs2 - torch_reference(built, images, labels, ens)).max() < 1e-4
 
 
@@ -196,7 +200,7 @@ def test_custom_label_embeddings_cached(model, monkeypatch):
     assert len(calls) > n                       # another list: encoded
     for i in range(zs.CACHE_SIZE + 3):          # LRU: bounded
         model.zero_shot(img, [f"label {i}", "other"])
-    assert sum(1 for k in model.zero_shot_cache if k[0] == "custom") == zs.CACHE_SIZE
+    assert model.text.cached_label_lists() == zs.CACHE_SIZE
 
 
 @pytest.mark.parametrize("labels, match", [
@@ -213,11 +217,9 @@ def test_bad_labels(model, labels, match):
 
 
 def test_label_set_by_name_in_list_and_missing_set(model):
-    from edgeinfer.runtime.zero_shot import label_set
-
     assert model.zero_shot(make_image(0), ["cifar10"], top_k=10)[0][0] in label_set_spec("cifar10")[0]
     with pytest.raises(LabelError, match="no label set 'imagenet'"):
-        label_set(model, "imagenet")
+        model.text.label_set("imagenet")
 
 
 def test_long_and_non_ascii_labels(model):
@@ -241,7 +243,7 @@ def test_ten_thousand_labels_batched(model, monkeypatch):
     assert len(sizes) == 10_000 // zs.DEFAULT_TEXT_BATCH + 1
     assert max(s[0] for s in sizes) == zs.DEFAULT_TEXT_BATCH
     assert max(s[1] for s in sizes) < 77     # trimmed after the end-of-text token
-    p, _, _ = zs.probabilities(model, [make_image(0)], labels)
+    p, _ = probabilities(model, [make_image(0)], labels)
     assert p.shape == (1, 10_000) and abs(p.sum() - 1) < 1e-6
 
 
@@ -360,12 +362,11 @@ def test_pretrained_from_local_cache(tiny_config, tmp_path, monkeypatch):
 
 def test_bad_templates(model):
     from edgeinfer.errors import InvalidOptionError
-    from edgeinfer.runtime.zero_shot import text_embeddings
 
     for bad in (["no placeholder"], ["a {} of {kind}"]):
         with pytest.raises(InvalidOptionError, match="placeholder"):
-            text_embeddings(model, ["cat", "dog"], templates=bad)
-    assert text_embeddings(model, ["{x}", "dog"], templates=["a {{literal}} {}"]).shape == (2, 32)
+            model.text.label_embeddings(["cat", "dog"], templates=bad)
+    assert model.text.label_embeddings(["{x}", "dog"], templates=["a {{literal}} {}"]).shape == (2, 32)
 
 
 def test_bench_measures_both_towers(tiny, tmp_path):

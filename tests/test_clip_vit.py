@@ -56,13 +56,14 @@ def _reference(photo_paths, labels, templates):
 
 def test_vit_b32_zero_shot_matches_open_clip(vit_artifact, photo_paths):
     import edgeinfer
-    from edgeinfer.export.clip import label_set_spec
-    from edgeinfer.runtime.zero_shot import probabilities
+    from edgeinfer.runtime.zero_shot import label_set_spec
 
     cifar, _, cifar_t = label_set_spec("cifar10")
     with edgeinfer.load(vit_artifact, provider="cpu", precision="fp32") as m:
-        p_set, names, _ = probabilities(m, photo_paths, "cifar10")
-        p_custom, _, _ = probabilities(m, photo_paths, CUSTOM)
+        rows = m.embed_raw(photo_paths)
+        names, emb = m.text.resolve("cifar10")
+        p_set = m.text.probabilities(rows, emb)
+        p_custom = m.text.probabilities(rows, m.text.resolve(CUSTOM)[1])
     assert names == cifar and p_set.shape == (len(photo_paths), 10)
     ref_set = _reference(photo_paths, cifar, cifar_t)
     ref_custom = _reference(photo_paths, CUSTOM, ["a photo of a {}."])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgeinfer.errors import ArtifactError
-from edgeinfer.runtime.tokenizer import (ClipTokenizer, _char_class, split_words, tokenize,
-                                         write_bpe_vocab)
+from edgeinfer.runtime.tokenizer import (EOT_TOKEN_ID, SOT_TOKEN_ID, ClipTokenizer, _char_class,
+                                         split_words, tokenize, write_bpe_vocab)
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -102,11 +102,11 @@ def test_split_words_examples():
 def test_truncation_and_special_tokens(bpe_path):
     tok = ClipTokenizer(bpe_path)
     ids = tok.encode(["word " * 200, "cat"])
-    assert ids[0, 0] == tok.sot_token_id == 49406
-    assert ids[0, -1] == tok.eot_token_id == 49407      # truncated: last id forced to eot
+    assert ids[0, 0] == tok.sot_token_id == SOT_TOKEN_ID == 49406
+    assert ids[0, -1] == tok.eot_token_id == EOT_TOKEN_ID == 49407      # truncated: last id forced to eot
     assert (ids[0] != 0).all()
     assert tok.truncated("word " * 200) and not tok.truncated("cat")
-    assert list(ids[1, :3]) == [49406, 2368, 49407] and not ids[1, 3:].any()
+    assert list(ids[1, :3]) == [SOT_TOKEN_ID, 2368, EOT_TOKEN_ID] and not ids[1, 3:].any()
     assert tok.encode("cat").shape == (1, 77)
     assert tok.encode([], context_length=5).shape == (0, 5)
     assert tok.decode(ids[1, 1:2]).strip() == "cat"
@@ -117,13 +117,12 @@ def test_truncation_and_special_tokens(bpe_path):
 def _fake_artifact(tmp_path, bpe_path, **tok_extra):
     import shutil
 
-    from edgeinfer.runtime.artifact import new_manifest, sha256_file, write_manifest
+    from edgeinfer.runtime.artifact import read_manifest, sha256_file, write_manifest
+    from test_runtime_helpers import tiny_artifact
 
-    d = tmp_path / "art"
-    d.mkdir()
+    d = tiny_artifact(tmp_path / "art", kind="clip")   # a valid artifact; the tokenizer added
     shutil.copy(bpe_path, d / "tokenizer_bpe.txt.gz")
-    m = new_manifest(name="x", source="open_clip", source_name="x", family="clip", kind="clip",
-                     weights={"origin": "random"}, preprocess={}, output={}, labels=None, opset=17)
+    m = read_manifest(d)
     m["text"] = {"context_length": 77, "tokenizer": {
         "type": "clip_bpe", "file": "tokenizer_bpe.txt.gz",
         "sha256": sha256_file(d / "tokenizer_bpe.txt.gz"), "context_length": 77, **tok_extra}}

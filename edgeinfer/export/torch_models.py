@@ -24,32 +24,17 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import MissingDependencyError, UnknownModelError, WeightsError
 from ..runtime.artifact import sha256_file
+from .built import BuiltModel  # noqa: F401  re-exported: the pipeline and tests import it here
 from .recipes import Recipe, get_recipe
 
 WEIGHTS_HINT = ("Use `--weights PATH` with a local state dict / .safetensors file, or "
                 "`--weights random` for seeded random weights (labelled random everywhere).")
 _PROBE_TIMEOUT_S = 3.0
-
-
-@dataclass
-class BuiltModel:
-    """A torch module ready to export, plus what the manifest needs to describe it."""
-
-    module: Any                      # torch.nn.Module in eval mode
-    recipe: Recipe                   # preprocessing resolved
-    weights_info: dict               # manifest["weights"]
-    labels: list[str] | None         # class names, index order
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def num_outputs(self) -> int | None:
-        return self.extra.get("num_classes")
 
 
 def _import_torch():

@@ -124,7 +124,7 @@ class Model:
         self._active = 0
         self._closed = False
         self._local = threading.local()
-        self.zero_shot_cache: dict = {}   # for edgeinfer.runtime.zero_shot (text embeddings)
+        self._text: Any = None   # runtime.zero_shot.TextEncoder of a CLIP artifact, on first use
 
     # ----------------------------------------------------------- what was chosen
     @property
@@ -330,18 +330,44 @@ class Model:
                        for r in self._forward(items)], self.selection)
         return res[0] if single else res
 
-    def zero_shot(self, images: Any, labels: Sequence[str] | str | None = None, top_k: int = 3):
-        """CLIP zero-shot: per image [(label, probability), ...] over ``labels`` (a list, or a
-        comma-separated string; None: the artifact's default label set)."""
+    @property
+    def text(self):
+        """The CLIP text side (``runtime.zero_shot.TextEncoder``): label sets, custom-label
+        embeddings (cached), free-text embeddings; made on first use."""
         if self.artifact.kind != "clip":
-            raise EdgeInferError(f"zero-shot needs a CLIP artifact; {self.artifact.name} is a "
-                                 f"{self.artifact.kind} (use Model.classify)")
-        try:
-            from . import zero_shot as zs
-        except ImportError as e:
-            raise EdgeInferError(f"zero-shot support is not available: {e}") from e
+            raise EdgeInferError(f"zero-shot and text embeddings need a CLIP artifact; "
+                                 f"{self.artifact.name} is a {self.artifact.kind} (use Model.classify)")
+        with self._lock:
+            if self._text is None:
+                from .zero_shot import TextEncoder
+
+                self._text = TextEncoder(self.artifact, lambda: self.tower_session("text"))
+            return self._text
+
+    def zero_shot(self, images: Any, labels: Sequence[str] | str | None = None, top_k: int = 3, *,
+                  templates: Sequence[str] | None = None):
+        """CLIP zero-shot: per image [(label, probability), ...] over ``labels`` (a list, or a
+        comma-separated string, or a stored label-set name; None: the artifact's default label
+        set). ``templates``: prompt templates for custom labels (default "a photo of a {}.")."""
+        if int(top_k) < 1:
+            raise InvalidOptionError(f"top_k must be >= 1 (got {top_k})")
+        text = self.text
+        single = _is_single(images)
         with self._use():  # the text tower session stays open until the call returns
-            return zs.zero_shot(self, images, labels, top_k=top_k)
+            names, emb = text.resolve(labels, templates=templates)
+            rows = self._forward([images] if single else list(images))
+        probs = text.probabilities(rows, emb)
+        res = Results([r if isinstance(r, Failure) else _topk_probs(p, int(top_k), names)
+                       for r, p in zip(rows, probs)], self.selection)
+        return res[0] if single else res
+
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """CLIP text embeddings of ``texts`` as written (no prompt template), L2-normalised
+        float32: ``[D]`` for one string, ``[N, D]`` for a list. A dot product with ``embed``'s
+        image embeddings ranks images for a text query (search)."""
+        text = self.text
+        with self._use():
+            return text.embed(texts)
 
     def embed_raw(self, images: Any) -> list:
         """Per image: the raw (unnormalised) output row or a Failure (for zero_shot/bench)."""
@@ -350,6 +376,10 @@ class Model:
 
 def _topk_row(logits: np.ndarray, k: int, labels) -> list[tuple[str, float]]:
     return top_k(softmax(logits), k, labels)
+
+
+def _topk_probs(probs: np.ndarray, k: int, labels) -> list[tuple[str, float]]:
+    return top_k(probs, k, labels)   # for methods whose top_k argument hides the function
 
 
 # ----------------------------------------------------------------------- load

@@ -44,6 +44,11 @@ DEFAULT_CONTEXT_LENGTH = 77
 #: number of BPE merges CLIP uses (open_clip: ``merges[1:49152-256-2+1]``)
 NUM_MERGES = 49152 - 256 - 2
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
+#: ids of the start / end-of-text tokens: the last two entries of the vocabulary built below
+#: (256 bytes x 2 + NUM_MERGES merges + 2). The end id is the highest id, which is why CLIP (and
+#: the runtime) find its position with ``argmax``. For code without a tokenizer at hand.
+SOT_TOKEN_ID = 49406
+EOT_TOKEN_ID = 49407
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
 
