@@ -1,4 +1,4 @@
-"""Typed errors, all in one place (DESIGN.md: typed errors in one errors.py).
+"""Typed errors, all in one place.
 
 Every message says what was asked for, what is available, and what to do.
 """

@@ -1,4 +1,4 @@
-"""The machine fingerprint recorded with every result (DESIGN.md: CPU model, ISA flags, cores,
+"""The machine fingerprint recorded with every result (CPU model, ISA flags, cores,
 GPU, library versions). Library versions come from package metadata: nothing heavy is imported."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Latency measurement: warm-up, then a time budget with a minimum run count (DESIGN.md:
-never one run; report median and p90/p99)."""
+"""Latency measurement: warm-up, then a time budget with a minimum run count:
+never one run; report median and p90/p99."""
 from __future__ import annotations
 
 import gc

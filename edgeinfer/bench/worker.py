@@ -1,5 +1,5 @@
-"""Fresh-process measurements for one configuration (DESIGN.md: peak memory per configuration
-is measured in a fresh subprocess).
+"""Fresh-process measurements of one configuration: cold start and peak memory (a process that
+already ran other engines would report their memory too).
 
 Run as ``python -m edgeinfer.bench.worker SPEC.json``; prints one JSON line. The child imports
 only what the runtime needs, opens the configuration as ``edgeinfer.load`` does (selection +

@@ -1,4 +1,4 @@
-"""INT8 calibration / PTQ, FP16 conversion and the accuracy guard (issue 3).
+"""INT8 calibration / PTQ, FP16 conversion and the accuracy guard.
 
 Public entry point: ``quantize_artifact(artifact_dir, *, int8=False, fp16=False, calib=None,
 calib_size=None, target="auto", max_drop=None, progress=None)``. Heavy libraries (onnx,

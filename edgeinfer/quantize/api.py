@@ -61,7 +61,7 @@ def _budget_kind(manifest: dict, max_drop: float | None) -> tuple[str, str]:
 def _tokens(art, n: int) -> tuple[np.ndarray, str]:
     """Token ids for the text tower: the artifact's tokenizer, else synthetic valid sequences."""
     try:
-        from ..runtime.tokenizer import tokenize  # helper E
+        from ..runtime.tokenizer import tokenize
 
         return np.asarray(tokenize(list(CLIP_PROMPTS[:n]), art), dtype=np.int64), "prompts"
     except Exception:  # noqa: BLE001 - tokenizer data absent: synthetic but valid sequences

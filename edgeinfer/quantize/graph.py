@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 
-# Ops that carry the transformer parts which lose accuracy in INT8 (DESIGN.md).
+# Ops that carry the transformer parts which lose accuracy in INT8 (ARCHITECTURE.md, "Precision rules").
 TRANSFORMER_FLOAT_OPS = ("LayerNormalization", "Softmax", "Gelu", "Erf")
 
 

@@ -1,4 +1,4 @@
-"""Target- and ISA-aware INT8 settings (DESIGN.md "Precision rules that matter").
+"""Target- and ISA-aware INT8 settings (ARCHITECTURE.md, "Precision rules").
 
 Why each choice:
 
