@@ -4,51 +4,28 @@ Budget (``max_drop``): classifiers -> points of top-1 agreement with FP32 lost (
 i.e. at least 99% of held-out images keep FP32's top-1); embedding models -> loss of mean cosine
 similarity to FP32 (default 0.01, i.e. cosine >= 0.99).
 
-Sensitivity: the quantized model is run on a few calibration images with every quantized
-activation exposed before and after its QuantizeLinear/DequantizeLinear pair; a node's score is
-the relative error its own inputs get from INT8. Nodes are kept in float worst-first until the
-budget is met.
+The record (``budget_record``) goes into the manifest's INT8 entry as
+``quantization.budget`` next to the entry's ``fidelity``; ``edgeinfer.runtime.selection.int8_guard``
+reads exactly that when ``precision="auto"`` considers the file.
+
+Sensitivity: the float and the quantized model run on a few calibration images with every
+activation exposed; a node's score is the error it adds (output error minus the error already on
+its inputs). Nodes are kept in float worst-first until the budget is met.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 DEFAULT_MAX_DROP = {"classifier": 1.0, "embedding": 0.01}
 
 
-def _fid_fallback(ref: np.ndarray, out: np.ndarray, kind: str) -> dict:
-    ref = ref.reshape(len(ref), -1).astype(np.float64)
-    out = out.reshape(len(out), -1).astype(np.float64)
-    num = (ref * out).sum(1)
-    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
-    d = {"n": int(len(ref)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-         "max_abs_diff": float(np.abs(ref - out).max()) if ref.size else 0.0}
-    if kind == "classifier" and ref.shape[1] > 1:
-        t1r, t1o = ref.argmax(1), out.argmax(1)
-        d["top1_agreement"] = float((t1r == t1o).mean())
-        k = min(5, ref.shape[1])
-        tr = np.argsort(-ref, 1)[:, :k]
-        to = np.argsort(-out, 1)[:, :k]
-        d["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(tr, to)]))
-    else:
-        d["top1_agreement"] = None
-        d["top5_overlap"] = None
-    return d
-
-
 def fidelity(ref: np.ndarray, out: np.ndarray, kind: str = "classifier") -> dict:
-    """Top-1 agreement, top-5 overlap, cosine mean/min, max abs diff of ``out`` vs ``ref``.
+    """Top-1 agreement, top-5 overlap, cosine mean/min, max abs diff of ``out`` vs ``ref``
+    (``edgeinfer.evaluate.fidelity``, the definition the bench uses too). ``kind`` is the
+    budget's: a ``classifier`` budget compares logits, an ``embedding`` one vectors."""
+    from ..evaluate.fidelity import fidelity as output_fidelity
 
-    One definition for bench and quantize: edgeinfer.evaluate.fidelity (ours is the fallback).
-    """
-    try:
-        from ..evaluate.fidelity import fidelity as ev_fidelity
-    except ImportError:  # pragma: no cover - evaluate ships with the package
-        return _fid_fallback(ref, out, kind)
-    d = ev_fidelity(ref, out, kind="logits" if kind == "classifier" else "embedding")
+    d = output_fidelity(ref, out, kind="logits" if kind == "classifier" else "embedding")
     d.pop("kind", None)
     return d
 
@@ -61,83 +38,29 @@ def labelled_accuracy(logits: np.ndarray, labels: list[int | None]) -> float | N
     return float((pred == np.asarray([labels[i] for i in idx])).mean())
 
 
-def budget_kind(output_kind: str) -> str:
-    return "classifier" if output_kind == "logits" else "embedding"
-
-
 def drop(fid: dict, kind: str) -> float:
-    """How much was lost, in the budget's unit."""
-    if kind == "classifier" and fid.get("top1_agreement") is not None:
-        return round((1.0 - fid["top1_agreement"]) * 100.0, 4)
-    return round(1.0 - fid["cosine_mean"], 6)
+    """How much was lost, in the budget's unit. The runtime reads the guard record with the
+    same function (``runtime.selection.budget_drop``), so writer and reader cannot disagree."""
+    from ..runtime.selection import budget_drop
+
+    return budget_drop(fid, kind)
 
 
 def within(fid: dict, kind: str, max_drop: float) -> bool:
     return drop(fid, kind) <= max_drop + 1e-9
 
 
+def budget_record(kind: str, max_drop: float, *, resolution: float | None = None) -> dict:
+    """The guard record written with every INT8 file (read back by the runtime)."""
+    return {"kind": kind, "max_drop": max_drop,
+            "unit": "top-1 agreement points" if kind == "classifier" else "cosine",
+            "text": budget_text(kind, max_drop), "resolution": resolution}
+
+
 def budget_text(kind: str, max_drop: float) -> str:
     if kind == "classifier":
         return f"top-1 agreement with FP32 >= {100 - max_drop:.2f}% (max drop {max_drop} points)"
     return f"mean cosine to FP32 >= {1 - max_drop:.4f} (max drop {max_drop})"
-
-
-def rank_by_input_error(float_model, quant_path, x: np.ndarray, candidates: list[str], *,
-                     batch: int = 4) -> list[tuple[str, float]]:
-    """Candidates (node names) ranked by the INT8 error at their own inputs, worst first.
-
-    For every quantized node, each activation input goes float X -> QuantizeLinear ->
-    DequantizeLinear -> node. The relative error ||X - DQ(Q(X))|| / ||X|| on calibration images is
-    the error that quantizing this node's inputs introduces, independent of what happened
-    upstream (accumulated-error differences mislead once errors compound). A tensor with a few
-    outlier values (a wide range and a small typical magnitude) scores high. Keeping the node in
-    float removes exactly these QDQ pairs for it.
-    """
-    from .graph import onnx_mod, session, with_outputs
-
-    onnx = onnx_mod()
-    qm = onnx.load(str(quant_path))
-    producer = {o: n for n in qm.graph.node for o in n.output}
-    inits = {i.name for i in qm.graph.initializer}
-    by_name = {n.name: n for n in qm.graph.node}
-    pairs: dict[str, list[tuple[str, str]]] = {}
-    for name in candidates:
-        n = by_name.get(name)
-        if n is None:
-            continue
-        for i in n.input:
-            dq = producer.get(i)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
-                continue
-            pairs.setdefault(name, []).append((q.input[0], i))
-    names = sorted({t for ps in pairs.values() for pr in ps for t in pr})
-    if not names:
-        return []
-    qs = session(with_outputs(qm, names).SerializeToString())
-    in_name = qs.get_inputs()[0].name
-    outs = [o.name for o in qs.get_outputs()]
-    num: dict[tuple[str, str], float] = {}
-    den: dict[tuple[str, str], float] = {}
-    allpairs = sorted({pr for ps in pairs.values() for pr in ps})
-    for b in range(0, len(x), batch):
-        r = dict(zip(outs, qs.run(None, {in_name: x[b:b + batch]})))
-        for xf, xq in allpairs:
-            a, c = r.get(xf), r.get(xq)
-            if a is None or c is None or a.shape != c.shape:
-                continue
-            a = a.astype(np.float64)
-            num[(xf, xq)] = num.get((xf, xq), 0.0) + float(((a - c) ** 2).sum())
-            den[(xf, xq)] = den.get((xf, xq), 0.0) + float((a ** 2).sum())
-    scores = []
-    for name, ps in pairs.items():
-        errs = [(num[p] / den[p]) ** 0.5 for p in ps if den.get(p, 0.0) > 0]
-        if errs:
-            scores.append((name, max(errs)))
-    scores.sort(key=lambda s: -s[1])
-    return scores
 
 
 def rank_by_added_error(float_model, quant_path, x: np.ndarray, candidates: list[str], *,
@@ -205,7 +128,3 @@ def rank_by_added_error(float_model, quant_path, x: np.ndarray, candidates: list
         scores.append((name, max(outs) - (max(ins) if ins else 0.0)))
     scores.sort(key=lambda s: -s[1])
     return scores
-
-
-def summarize_guard(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in s.items() if k != "fid"} | {"drop": s.get("drop")} for s in steps]

@@ -243,10 +243,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         "kept_in_float": {**keep, "guard": guard_nodes},
         "kept_in_float_count": len(base_exclude) + len(guard_nodes),
         "quantizable_nodes": sum(1 for n in model.graph.node if n.op_type in SENSITIVE_OPS),
-        "budget": {"kind": kind, "max_drop": budget, "unit": "top-1 agreement points"
-                   if kind == "classifier" else "cosine", "text": G.budget_text(kind, budget),
-                   "resolution": (round(100.0 / len(calib.holdout), 3) if kind == "classifier"
-                                  else None)},
+        "budget": G.budget_record(kind, budget, resolution=(
+            round(100.0 / len(calib.holdout), 3) if kind == "classifier" else None)),
         "guard_steps": [{k: v for k, v in s.items() if k not in ("out",)} for s in steps],
         "sensitivity": "added error (output minus input relative error, float vs QDQ)",
         "sensitivity_top": [{"node": n, "added_error": round(e, 6)} for n, e in ranking[:20]],

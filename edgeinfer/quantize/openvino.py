@@ -142,7 +142,8 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
         "method": "static-ptq", "engine": "nncf", "settings": {
             **c["info"], "target": "openvino", "scheme": "U8S8 (NNCF MIXED)",
             "reason": "NNCF MIXED preset: asymmetric activations, symmetric weights"},
-        "calibration": calib.summary(), "kept_in_float": {}, "kept_in_float_count": None}
+        "calibration": calib.summary(), "kept_in_float": {}, "kept_in_float_count": None,
+        "budget": G.budget_record(budget_kind, max_drop)}  # the guard record the runtime reads
     fid = {**c["fid"], "images": len(calib.holdout), "reference": "fp32 on openvino",
            "holdout_is_calibration": calib.holdout_is_calib}
     return {**base, "fidelity": fid, "choice": f"kept {best}: {why}", "candidates": summary,
