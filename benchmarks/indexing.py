@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from edgeinfer.library import LibraryModel, Store, run_scan
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edgeinfer-indexing-"))
-    load = {"start": os.getloadavg()}
+    load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
     t = time.perf_counter()
     paths = make_12mp(Path(args.photos), work / "photos12mp", args.n)
     make_s = time.perf_counter() - t
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
     # naive loop first (it also warms the page cache for the scan that follows)
     naive_s = naive(paths, args.classifier, args.clip, work / "naive.db", args.provider)
-    load["after_naive"] = os.getloadavg()
+    load["after_naive"] = tuple(round(x, 2) for x in os.getloadavg())
     print(f"naive loop: {naive_s:.1f} s, {len(paths) / naive_s:.2f} photos/s", flush=True)
 
     db = work / "library.db"
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
               LibraryModel.from_artifact(args.clip, provider=args.provider)]
     with Store(db) as store:
         s1 = run_scan(store, work / "photos12mp", models, batch_size=args.batch_size)
-        load["after_scan"] = os.getloadavg()
+        load["after_scan"] = tuple(round(x, 2) for x in os.getloadavg())
         print(f"scan: {s1.elapsed_s:.1f} s, {s1.done / s1.elapsed_s:.2f} photos/s", flush=True)
         s2 = run_scan(store, work / "photos12mp", models, batch_size=args.batch_size)
         print(f"re-scan (nothing changed): {s2.elapsed_s * 1000:.0f} ms", flush=True)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     precisions = [m.model.precision for m in models]
     for m in models:
         m.close()
-    load["end"] = os.getloadavg()
+    load["end"] = tuple(round(x, 2) for x in os.getloadavg())
     res = {
         "command": "python benchmarks/indexing.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "photos": len(paths), "megapixels": 12, "mb": round(mb, 1),

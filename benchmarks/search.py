@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from edgeinfer.library.search import top_k
     from edgeinfer.library.store import Store
 
-    load = {"start": os.getloadavg()}
+    load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
     rng = np.random.default_rng(0)
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-search-"))
     sha = "s" * 64
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                 sim_ms.append((t3 - t2) * 1000)
     if model is not None:
         model.close()
-    load["end"] = os.getloadavg()
+    load["end"] = tuple(round(x, 2) for x in os.getloadavg())
 
     def p(xs, q):
         return round(float(np.percentile(xs, q)), 2)

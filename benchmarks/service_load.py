@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     photos = Path(args.photos)
     for p in sorted(photos.iterdir())[:100]:
         (root / p.name).write_bytes(p.read_bytes())
-    load = {"start": os.getloadavg()}
+    load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
     proc, url = start_server(args, work / "library.db", root)
     try:
         with httpx.Client(base_url=url, timeout=600) as c:
@@ -196,10 +196,10 @@ def main(argv=None) -> int:
             print(f"library scan of {j['done']} photos: {scan_s:.1f} s", flush=True)
         good, corrupt, oversized = make_payloads(photos, args.max_upload_mb)
         rss_start = psutil.Process(proc.pid).memory_info().rss / 2**20
-        load["before_load"] = os.getloadavg()
+        load["before_load"] = tuple(round(x, 2) for x in os.getloadavg())
         lat, status, per_route, dropped, rss, wall = asyncio.run(
             run_load(args, url, {}, good, corrupt, oversized, proc.pid))
-        load["after_load"] = os.getloadavg()
+        load["after_load"] = tuple(round(x, 2) for x in os.getloadavg())
         with httpx.Client(base_url=url, timeout=60) as c:
             health = c.get("/health").json()
             metrics = c.get("/metrics").text
