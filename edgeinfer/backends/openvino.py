@@ -76,7 +76,7 @@ def compile_config(*, device: str = "CPU", hint: str | None = None, threads: int
 
     ``precision`` is the artifact file's precision. The CPU runs FP32 and INT8 files in f32 (their
     float parts): OpenVINO would otherwise silently run bf16 on CPUs with AVX512-BF16 / AMX,
-    measured here as a 1e-2 output change on a Zen 4 CPU, which is not what was asked for. An
+    a visible output change (benchmarks/results/engine_choice.md), which is not what was asked for. An
     FP16 file runs in the CPU's half type (bf16 / f16) when it has one, else f32.
     An FP32 file on the GPU runs f32 (the GPU default is f16); an FP16 file there runs f16.
     """
@@ -146,10 +146,8 @@ class OpenVINOSession(Session):
     static batch N and runs any input in padded chunks of N (default on the NPU, whose compiler
     needs static shapes). ``batch1_static=True`` adds a static batch-1 model for single images
     (larger batches use the dynamic model, compiled on first use); its IR is saved in the engine
-    cache. Measured on mobilevit_s (Zen 4, 2 shared cores, heavy load, noisy): static batch 1 ran
-    9-21% faster than the dynamic model (fp32 241 vs 265 ms, int8 132 vs 156 ms) but a cached
-    start of the saved IR took 1.7 s vs 0.4-0.7 s from the ONNX path, and peak RSS rose by ~15 MB,
-    so it is opt-in: worth it for a long-running service, not for a CLI call.
+    cache. It is opt-in: faster per image but slower to start and larger in memory, which pays
+    off in a long-running service, not in a CLI call (benchmarks/results/engine_choice.md).
     """
     provider = "openvino"
 
