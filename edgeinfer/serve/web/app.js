@@ -10,7 +10,7 @@ const SET_TITLES = { cifar10: "CIFAR-10", imagenet: "ImageNet", own: "Each model
 const TOP = 3;
 
 const $ = (sel) => document.querySelector(sel);
-const state = { models: [], file: null, run: 0, health: null, scanTimer: null };
+const state = { models: [], file: null, run: 0 };
 
 // ------------------------------------------------------------------ small helpers
 function el(tag, attrs = {}, ...children) {
@@ -38,6 +38,11 @@ function showError(where, message) {
   const box = $(where);
   box.textContent = message || "";
   box.classList.toggle("hidden", !message);
+}
+// A failed call, said where it happened; a server that is down is said once, in the top banner.
+function failed(where, e) {
+  if (e.status === 0) showGlobal(e.message, "down");
+  else showError(where, e.message);
 }
 // Responses are read tolerantly: a list may come bare or under one of a few keys.
 function listOf(data, ...keys) {
@@ -70,7 +75,9 @@ function explain(status, msg) {
 
 function serverDown() {
   setStatus("err", "server down");
-  return new ApiError(0, `Cannot reach the edgeinfer server at ${location.origin}. Is \`edgeinfer serve\` still running?`);
+  const e = new ApiError(0, `Cannot reach the edgeinfer server at ${location.origin}. Is \`edgeinfer serve\` still running?`);
+  showGlobal(e.message, "down");
+  return e;
 }
 
 async function api(path, { method = "GET", form, json, raw = false, retry = true } = {}) {
@@ -140,11 +147,13 @@ function setStatus(kind, text) {
 async function pollHealth() {
   try {
     const h = await api("/health", { retry: false });
-    state.health = h;
     const n = listOf(h.models).length;
     const rss = h.rss_mb != null ? ` · ${Math.round(h.rss_mb)} MB` : "";
     setStatus("ok", `● ${n} model${n === 1 ? "" : "s"}${rss}`);
-    if ($("#global-error").dataset.kind === "down") showGlobal("");
+    if ($("#global-error").dataset.kind === "down") {
+      showGlobal("");
+      if (!state.models.length) loadModels();  // the server came back after a start without it
+    }
   } catch (e) {
     setStatus("err", "server down");
     showGlobal(e.message, "down");
@@ -178,7 +187,7 @@ async function loadModels() {
     state.models = listOf(data, "models").map(normModel);
     showError("#classify-error", "");
   } catch (e) {
-    showError("#classify-error", e.message);
+    failed("#classify-error", e);
     return;
   }
   fillLabelSets();
@@ -394,7 +403,7 @@ async function runCards(models, caption, ask) {
       // Whole-request failures are said once above the cards, not once per card.
       const shared = { 413: "Not classified: the upload is too large (see above).", 0: "Not classified: the server cannot be reached." };
       out = { error: shared[e.status] || e.message };
-      if (e.status in shared) showError("#classify-error", e.message);
+      if (e.status === 413) showError("#classify-error", e.message);
     }
     if (run === state.run) fillCard(cards[i], out);
   }));
@@ -474,7 +483,7 @@ async function scan() {
     }
   } catch (e) {
     $("#scan-progress").classList.add("hidden");
-    showError("#library-error", e.message);
+    failed("#library-error", e);
   } finally {
     $("#scan-button").disabled = false;
   }
@@ -521,14 +530,14 @@ async function search() {
   showError("#library-error", "");
   try {
     showHits(await api(`/v1/search?q=${encodeURIComponent(q)}&k=24`), `Photos matching “${q}”`);
-  } catch (e) { showError("#library-error", e.message); }
+  } catch (e) { failed("#library-error", e); }
 }
 
 async function similar(id) {
   showError("#library-error", "");
   try {
     showHits(await api("/v1/search/similar", { method: "POST", json: { photo_id: id } }), `Photos like #${id}`);
-  } catch (e) { showError("#library-error", e.message); }
+  } catch (e) { failed("#library-error", e); }
 }
 
 async function duplicates() {
@@ -536,7 +545,7 @@ async function duplicates() {
   // An empty threshold leaves the choice to the server's default.
   const t = $("#dups-threshold").value.trim();
   let data;
-  try { data = await api(`/v1/duplicates${t ? `?threshold=${encodeURIComponent(t)}` : ""}`); } catch (e) { showError("#library-error", e.message); return; }
+  try { data = await api(`/v1/duplicates${t ? `?threshold=${encodeURIComponent(t)}` : ""}`); } catch (e) { failed("#library-error", e); return; }
   const groups = listOf(data, "groups", "duplicates");
   const at = t ? ` at similarity ≥ ${t}` : "";
   $("#library-caption").textContent = groups.length
@@ -558,7 +567,7 @@ async function showDetails(id, tileEl) {
   if (tileEl) tileEl.classList.add("selected");
   const box = $("#photo-details");
   let p;
-  try { p = await api(`/v1/photos/${encodeURIComponent(id)}`); } catch (e) { showError("#library-error", e.message); return; }
+  try { p = await api(`/v1/photos/${encodeURIComponent(id)}`); } catch (e) { failed("#library-error", e); return; }
   p = p.photo || p;
   const img = el("img", { alt: baseName(p.path) });
   loadThumb(img, id);
@@ -615,7 +624,8 @@ async function loadLibrary() {
   try {
     const lib = await api("/v1/library");
     const roots = listOf(lib, "roots", "library_roots");
-    if (roots[0] && !$("#scan-path").value) $("#scan-path").value = roots[0];
+    const box = $("#scan-path");
+    if (roots[0] && !box.value && !box.dataset.typed) box.value = roots[0];
     const parts = [];
     if (lib.photos != null) parts.push(`${lib.photos} photo${lib.photos === 1 ? "" : "s"} in the library`);
     if (lib.failed) parts.push(`${lib.failed} unreadable`);
@@ -623,7 +633,7 @@ async function loadLibrary() {
     $("#library-stats").textContent = parts.join(" · ");
   } catch (e) {
     $("#library-stats").textContent = "";
-    if (e.status !== 401) showError("#library-error", e.message);
+    if (e.status !== 401) failed("#library-error", e);
   }
 }
 
@@ -649,6 +659,8 @@ function init() {
   $("#custom-labels").addEventListener("keydown", (e) => { if (e.key === "Enter") classifyCustom(); });
   $("#scan-button").addEventListener("click", scan);
   $("#scan-path").addEventListener("keydown", (e) => { if (e.key === "Enter") scan(); });
+  // What the user typed wins over the root pre-filled when the library answers.
+  $("#scan-path").addEventListener("input", (e) => { e.target.dataset.typed = "1"; });
   $("#search-button").addEventListener("click", search);
   $("#search-input").addEventListener("keydown", (e) => { if (e.key === "Enter") search(); });
   $("#dups-button").addEventListener("click", duplicates);
