@@ -170,3 +170,10 @@ def test_cli_build_tag_report(tmp_path, monkeypatch, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["examples"] == 6 and rep["negatives"] == 4
     assert main(["categories", "build", str(art), "--category", "broken", "--out", str(out)]) == 1
+
+
+def test_categories_are_torch_free():
+    from torch_blocked import assert_imports_without_torch
+
+    assert_imports_without_torch("edgeinfer.categories", "edgeinfer.library.categories",
+                                 "edgeinfer.cli.categories")
