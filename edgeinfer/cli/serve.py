@@ -12,7 +12,8 @@ def add_parser(p) -> None:
     p.add_argument("--library", default=None,
                    help="library store file (SQLite; default ~/.local/share/edgeinfer/library.db)")
     p.add_argument("--library-root", action="append", default=[], metavar="DIR",
-                   help="a folder clients may scan (repeatable); scans outside every root get 403")
+                   help="a folder clients may scan (repeat for several); scans outside every root "
+                        "get 403")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' on every route but /health "
                         "(default: $EDGEINFER_TOKEN)")
