@@ -244,6 +244,42 @@ def test_classify_cifar10_one_card_per_model(server, browser, shots, photo_paths
     snap(browser, shots, "02_classify_cifar10")
 
 
+def test_drag_and_drop_and_other_label_sets(browser, photo_paths):
+    """A real photo dropped on the box (a DataTransfer built in the page, as a drag from the
+    desktop delivers it); then label sets the models cannot answer say why, in words."""
+    import base64
+
+    photo = photo_paths[1]
+    browser.execute_script("""
+        const [b64, name] = arguments;
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
+        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    """, base64.b64encode(photo.read_bytes()).decode(), photo.name)
+    wait(browser, lambda d: photo.name in d.find_element(By.ID, "classify-caption").text and cards_settled(d),
+         "the cards for the dropped photo")
+    assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 0
+    assert all(c.get_attribute("data-state") == "done" for c in cards(browser))
+
+    Select(browser.find_element(By.ID, "label-set")).select_by_value("imagenet")  # the tiny CLIP carries cifar10 only
+    cs = wait(browser, lambda d: cards_settled(d) if "ImageNet" in d.find_element(By.ID, "classify-caption").text
+              else False, "the ImageNet answers")
+    by_model = {c.get_attribute("data-model"): c for c in cs}
+    assert "carries no “ImageNet” label set" in by_model["clip_tiny_test"].text
+    assert "No list of ImageNet names" in by_model["cifar10_tiny"].text
+
+    Select(browser.find_element(By.ID, "label-set")).select_by_value("own")
+    cs = wait(browser, lambda d: cards_settled(d) if "own labels" in d.find_element(By.ID, "classify-caption").text
+              else False, "the answers with each model's own labels")
+    by_model = {c.get_attribute("data-model"): c for c in cs}
+    assert len(by_model["cifar10_tiny"].find_elements(By.CSS_SELECTOR, ".bar-row")) == 3
+    assert "no labels of its own" in by_model["clip_tiny_test"].text
+    Select(browser.find_element(By.ID, "label-set")).select_by_value("cifar10")  # as the next steps expect
+    wait(browser, lambda d: cards_settled(d) if "CIFAR-10" in d.find_element(By.ID, "classify-caption").text
+         else False, "the CIFAR-10 answers again")
+
+
 def test_custom_labels_answered_by_clip(browser, shots):
     labels = ["shark", "dolphin", "lizard", "giraffe"]
     box = browser.find_element(By.ID, "custom-labels")

@@ -195,6 +195,7 @@ async function loadModels() {
   $("#no-clip-note").classList.toggle("hidden", hasClip);
   $("#custom-labels").disabled = !hasClip;
   updateButtons();
+  if (state.file && !$("#cards").children.length) classifyWithSet();  // a photo chosen before the token
 }
 
 function fillLabelSets() {
