@@ -516,22 +516,37 @@ def _machine() -> dict:
             "platform": platform.platform()}
 
 
-def write_report(res: dict, command: str) -> None:
+def _run_line(sec: dict) -> list[str]:
+    load, mach = sec["load_average"], sec["machine"]
+    busy = max(load["start"][0], load["end"][0]) > 0.75 * (mach["cores"] or 1)
+    return [f"Command: `{sec['command']}`", "",
+            f"Machine: {mach['cpu']}, {mach['cores']} cores; Python {mach['python']}, Pillow "
+            f"{mach['pillow']}, onnxruntime {mach['onnxruntime']}. Load average (1/5/15 min) at "
+            f"start {load['start']}, at end {load['end']}"
+            + (": a busy shared machine, so times are upper bounds; re-run on a quiet machine "
+               "for timings." if busy else "."), ""]
+
+
+def write_report(res: dict) -> None:
+    """Write the sections run now; a section not re-run keeps its previous results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reliability.json").write_text(json.dumps(res, indent=2) + "\n")
+    path = RESULTS / "reliability.json"
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+    res = {**{k: v for k, v in old.items() if k in ("mutation", "kill")}, **res}
+    path.write_text(json.dumps(res, indent=2) + "\n")
     m = res.get("mutation")
     k = res.get("kill")
-    load = res["load_average"]
     lines = ["# Reliability under hostile input", "",
-             f"Command: `{command}`", "",
-             f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; Pillow "
-             f"{res['machine']['pillow']}, onnxruntime {res['machine']['onnxruntime']}. "
-             f"Load average at start {load['start']}, at end {load['end']}"
-             + (" (a busy shared machine: times are upper bounds)." if max(load['start'][0], load['end'][0]) > 1.5 else "."),
-             ""]
+             "Made by `benchmarks/reliability.py` (issue 9). Limits per input: growth of the "
+             f"process < {RSS_LIMIT_MB} MB, time < {TIME_LIMIT_S:g} s.", ""]
     if m:
         s = m["summary"]
-        lines += ["## Mutated images through `Model.classify`", "",
+        lines += ["## Mutated images through `Model.classify`", "", *_run_line(m),
                   f"{s['inputs']} inputs from seed {m['seed']} (each alone, tiny 224x224 CPU artifact).", "",
                   "| outcome | count |", "|---|---:|",
                   f"| ok | {s['ok']} |", f"| Failure (refused / undecodable, batch continues) | {s['failure']} |",
@@ -550,7 +565,7 @@ def write_report(res: dict, command: str) -> None:
             lines.append(f"| {kind} | {c['ok']} | {c['failure']} | {c['uncaught']} | {c['crash']} |")
         lines.append("")
     if k:
-        lines += ["## Exports and quantizations killed with SIGKILL", "",
+        lines += ["## Exports and quantizations killed with SIGKILL", "", *_run_line(k),
                   f"{k['kills']} runs of `edgeinfer export --model {k['model']} --weights random "
                   f"--exporter torchscript --int8 --fp16` / `edgeinfer quantize` killed at a random "
                   f"moment (uniform up to 1.1x the full run: export {k['export_seconds']} s, quantize "
@@ -583,9 +598,14 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeinfer-reliability-"))
     work.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python benchmarks/reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    res: dict = {"command": command, "machine": _machine(),
-                 "load_average": {"start": [round(x, 2) for x in os.getloadavg()]}}
+    res: dict = {}
+
+    def section() -> dict:
+        return {"command": command, "machine": _machine(),
+                "load_average": {"start": [round(x, 2) for x in os.getloadavg()]}}
+
     if args.inputs:
+        sec = section()
         t0 = time.perf_counter()
         recs = mutation_run(args.inputs, args.seed, work, progress=lambda s: print(s, flush=True))
         by_kind: dict = {}
@@ -593,16 +613,19 @@ def main(argv=None) -> int:
             kind = rec["case"].split(" ")[0]
             c = by_kind.setdefault(kind, {"ok": 0, "failure": 0, "uncaught": 0, "crash": 0})
             c[rec["outcome"]] += 1
-        res["mutation"] = {"seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
+        sec["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        res["mutation"] = {**sec, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
                            "summary": summarize(recs), "by_kind": by_kind}
         print(json.dumps({k: v for k, v in res["mutation"]["summary"].items()
                           if not isinstance(v, list)}), flush=True)
     if args.kills:
-        res["kill"] = kill_run(args.kills, args.seed, work, progress=lambda s: print(s, flush=True))
-        print(json.dumps({k: v for k, v in res["kill"].items() if k != "runs"}), flush=True)
-    res["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        sec = section()
+        kr = kill_run(args.kills, args.seed, work, progress=lambda s: print(s, flush=True))
+        sec["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        res["kill"] = {**sec, **kr}
+        print(json.dumps({k: v for k, v in kr.items() if k != "runs"}), flush=True)
     if not args.no_write:
-        write_report(res, command)
+        write_report(res)
         print(f"wrote {RESULTS / 'reliability.md'}")
     return 0
 

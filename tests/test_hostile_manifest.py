@@ -64,7 +64,7 @@ BAD_FIELDS = [
     ("model.name", "", "'model.name'"),
     ("model.kind", "detector", "'model.kind'"),
     ("weights", [], "'weights'"),
-    ("weights.origin", "stolen", "'weights.origin'"),
+    ("weights.origin", "", "'weights.origin'"),
     ("preprocess", "none", "'preprocess'"),
     ("preprocess.input_size", [3, 60000, 60000], "'preprocess.input_size[1]'"),
     ("preprocess.input_size", [3, 224], "'preprocess.input_size'"),

@@ -541,8 +541,8 @@ def validate_manifest(m: Any, *, where: str | os.PathLike = MANIFEST_NAME,
         s.str_(model.get(k), f"model.{k}", optional=True, max_len=4096)
 
     w = s.dict_(m.get("weights"), "weights", optional=True)
-    if "origin" in w:
-        s.str_(w["origin"], "weights.origin", choices=WEIGHT_ORIGINS)
+    if "origin" in w:  # pretrained | file | random today; other tools may add kinds
+        s.str_(w["origin"], "weights.origin")
 
     pp = s.dict_(m.get("preprocess"), "preprocess")
     size = pp.get("input_size")
