@@ -33,10 +33,12 @@ TOKEN = "browser-test-token"
 MAX_UPLOAD_MB = 1
 WAIT_S = 60
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(f"the browser test needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER} "
-                f"absent; `apt-get install chromium chromium-driver`, as .ci/run does)", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install 'edgeinfer[test]')")
+_missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+if _missing:
+    pytest.skip(f"the browser test needs Debian's chromium and chromium-driver ({', '.join(_missing)} absent; "
+                f"`apt-get install chromium chromium-driver`, as .ci/run does)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium not installed (pip install 'edgeinfer[test]')")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -191,6 +193,17 @@ def cards_settled(driver):
     return cs if cs and all(c.get_attribute("data-state") != "loading" for c in cs) else False
 
 
+def answered(caption_part: str):
+    """Every card settled, for the run whose caption names `caption_part` (not an older run's)."""
+    def cond(d):
+        return cards_settled(d) if caption_part in d.find_element(By.ID, "classify-caption").text else False
+    return cond
+
+
+def label_sets_loaded(d) -> bool:
+    return len(d.find_elements(By.CSS_SELECTOR, "#label-set option")) >= 3
+
+
 def model_names(server) -> list[str]:
     data = server["models"]
     return [m["name"] for m in (data["models"] if isinstance(data, dict) else data)]
@@ -211,11 +224,11 @@ def test_token_is_asked_once_and_kept(server, browser, shots):
     snap(browser, shots, "01_token")
     dialog.find_element(By.ID, "token-input").send_keys(TOKEN)
     dialog.find_element(By.ID, "token-save").click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#label-set option")) >= 3, "the label sets")
+    wait(browser, label_sets_loaded, "the label sets")
     assert browser.execute_script("return sessionStorage.getItem('edgeinfer.token')") == TOKEN
     # Kept for the tab: a reload does not ask again.
     browser.refresh()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#label-set option")) >= 3, "the label sets after reload")
+    wait(browser, label_sets_loaded, "the label sets after reload")
     assert browser.find_element(By.ID, "token-dialog").get_attribute("open") is None
     values = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#label-set option")]
     assert values[:2] == ["cifar10", "imagenet"]
@@ -224,7 +237,8 @@ def test_token_is_asked_once_and_kept(server, browser, shots):
 def test_classify_cifar10_one_card_per_model(server, browser, shots, photo_paths):
     photo = next((p for p in photo_paths if "husky" in p.name.lower()), photo_paths[0])
     upload(browser, photo)
-    wait(browser, lambda d: d.find_element(By.ID, "preview").get_attribute("naturalWidth") not in (None, "0"), "the preview")
+    wait(browser, lambda d: d.find_element(By.ID, "preview").get_attribute("naturalWidth") not in (None, "0"),
+         "the preview")
     Select(browser.find_element(By.ID, "label-set")).select_by_value("cifar10")
     browser.find_element(By.ID, "classify-button").click()
     cs = wait(browser, cards_settled, "every model's card")
@@ -255,29 +269,27 @@ def test_drag_and_drop_and_other_label_sets(browser, photo_paths):
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
-        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        const drop = new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true});
+        document.getElementById("dropzone").dispatchEvent(drop);
     """, base64.b64encode(photo.read_bytes()).decode(), photo.name)
-    wait(browser, lambda d: photo.name in d.find_element(By.ID, "classify-caption").text and cards_settled(d),
-         "the cards for the dropped photo")
+    wait(browser, answered(photo.name), "the cards for the dropped photo")
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 0
     assert all(c.get_attribute("data-state") == "done" for c in cards(browser))
 
-    Select(browser.find_element(By.ID, "label-set")).select_by_value("imagenet")  # the tiny CLIP carries cifar10 only
-    cs = wait(browser, lambda d: cards_settled(d) if "ImageNet" in d.find_element(By.ID, "classify-caption").text
-              else False, "the ImageNet answers")
+    # The tiny CLIP carries cifar10 only, and CIFAR-10 is the only set whose names the page knows.
+    Select(browser.find_element(By.ID, "label-set")).select_by_value("imagenet")
+    cs = wait(browser, answered("ImageNet"), "the ImageNet answers")
     by_model = {c.get_attribute("data-model"): c for c in cs}
     assert "carries no “ImageNet” label set" in by_model["clip_tiny_test"].text
     assert "No list of ImageNet names" in by_model["cifar10_tiny"].text
 
     Select(browser.find_element(By.ID, "label-set")).select_by_value("own")
-    cs = wait(browser, lambda d: cards_settled(d) if "own labels" in d.find_element(By.ID, "classify-caption").text
-              else False, "the answers with each model's own labels")
+    cs = wait(browser, answered("own labels"), "the answers with each model's own labels")
     by_model = {c.get_attribute("data-model"): c for c in cs}
     assert len(by_model["cifar10_tiny"].find_elements(By.CSS_SELECTOR, ".bar-row")) == 3
     assert "no labels of its own" in by_model["clip_tiny_test"].text
     Select(browser.find_element(By.ID, "label-set")).select_by_value("cifar10")  # as the next steps expect
-    wait(browser, lambda d: cards_settled(d) if "CIFAR-10" in d.find_element(By.ID, "classify-caption").text
-         else False, "the CIFAR-10 answers again")
+    wait(browser, answered("CIFAR-10"), "the CIFAR-10 answers again")
 
 
 def test_custom_labels_answered_by_clip(browser, shots):
@@ -286,8 +298,7 @@ def test_custom_labels_answered_by_clip(browser, shots):
     box.clear()
     box.send_keys(", ".join(labels))
     browser.find_element(By.ID, "custom-button").click()
-    cs = wait(browser, lambda d: cards_settled(d) if "custom labels" in d.find_element(By.ID, "classify-caption").text
-              else False, "the CLIP answer to custom labels")
+    cs = wait(browser, answered("custom labels"), "the CLIP answer to custom labels")
     assert [c.get_attribute("class") for c in cs] == ["card clip"] * len(cs) and cs
     for c in cs:
         shown = [s.text for s in c.find_elements(By.CSS_SELECTOR, ".bar-label span:first-child")]
@@ -299,8 +310,7 @@ def test_corrupt_image_is_an_error_in_words(browser, shots, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 64)  # a JPEG header and nothing else
     upload(browser, bad)
-    cs = wait(browser, lambda d: cards_settled(d) if "corrupt.jpg" in d.find_element(By.ID, "classify-caption").text
-              else False, "the cards for the corrupt image")
+    cs = wait(browser, answered("corrupt.jpg"), "the cards for the corrupt image")
     for c in cs:
         assert c.get_attribute("data-state") == "error"
         assert "Could not read this image" in c.find_element(By.CSS_SELECTOR, ".card-error").text
@@ -344,7 +354,8 @@ def test_library_scan_search_details(server, browser, shots, library_root):
 
     def thumbs_loaded(d):
         imgs = d.find_elements(By.CSS_SELECTOR, "#library-results .tile img.thumb")
-        ok = imgs and all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in imgs)
+        js = "return arguments[0].complete && arguments[0].naturalWidth"
+        ok = imgs and all(d.execute_script(js, i) for i in imgs)
         return imgs if ok else False
     imgs = wait(browser, thumbs_loaded, "search results with thumbnails")
     assert 1 <= len(imgs) <= n - 1  # every readable photo may match, the corrupt one cannot
@@ -358,7 +369,8 @@ def test_library_scan_search_details(server, browser, shots, library_root):
     snap(browser, shots, "07_library_search")
 
     details.find_element(By.XPATH, ".//button[contains(., 'More like this')]").click()
-    wait(browser, lambda d: d.find_element(By.ID, "library-caption").text.startswith("Photos like"), "more like this")
+    wait(browser, lambda d: d.find_element(By.ID, "library-caption").text.startswith("Photos like"),
+         "more like this")
     wait(browser, thumbs_loaded, "similar photos with thumbnails")
 
 
@@ -366,7 +378,8 @@ def test_duplicates_mark_the_keeper(browser, shots):
     browser.find_element(By.ID, "dups-threshold").clear()
     browser.find_element(By.ID, "dups-threshold").send_keys("0.9")
     browser.find_element(By.ID, "dups-button").click()
-    group = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#library-results .group"), "a duplicate group")[0]
+    group = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#library-results .group"),
+                 "a duplicate group")[0]
     keep = group.find_elements(By.CSS_SELECTOR, ".tile.keep")
     assert len(keep) == 1 and "KEEP" in keep[0].text
     # The keeper is the full-size original, not its half-size copy.
