@@ -280,6 +280,12 @@ def test_tuning_pick_is_keyed_to_the_measured_file(art, no_intel_gpu):
     assert (s.provider, s.precision) == ("cpu", "fp32") and "earlier int8 file" in s.reason
 
 
+def test_old_tuning_file_is_ignored_and_said(art, no_intel_gpu):
+    (art.dir / sl.TUNING_FILE).write_text(json.dumps({sl.tuning_key(): {"provider": "cpu"}}))
+    s = select(artifact=art, statuses=_st(), cpu=CPU_AMD)
+    assert not s.tuned and "older edgeinfer" in s.reason
+
+
 def test_a_partial_bench_keeps_the_other_measurements(art):
     sl.record_tuning(art, [_measure(art, "cpu", "fp32", 5.0), _measure(art, "openvino", "fp32", 4.0)])
     sl.record_tuning(art, [_measure(art, "cpu", "fp32", 3.0)])

@@ -330,11 +330,11 @@ def test_fp16_cast_fix_and_overflow_block(tmp_path):
     p = tmp_path / "m.onnx"
     _export(m, p)
     x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
-    info = convert_fp16(p, tmp_path / "m16.onnx", holdout=x, output_kind="embedding")
+    info, _ = convert_fp16(p, tmp_path / "m16.onnx", holdout=x, output_kind="embedding")
     assert info["fidelity"]["cosine_min"] > 0.999
     # values beyond FP16's range stay in float instead of turning into inf
     big = x * 1e5
-    info = convert_fp16(p, tmp_path / "m16b.onnx", holdout=big, output_kind="embedding")
+    info, _ = convert_fp16(p, tmp_path / "m16b.onnx", holdout=big, output_kind="embedding")
     assert info["node_block_list"], info["overflow_scan"]
     assert info["fidelity"]["finite"] and info["fidelity"]["cosine_min"] > 0.999
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ArtifactError, InvalidOptionError
-from . import guard as G
+from . import guard
 
 CLIP_PROMPTS = ("a photo of a dog", "a photo of a cat", "a close-up photo of a bird",
                 "a blurry photo of a car", "a painting of a mountain landscape",
@@ -143,23 +143,23 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
     out_kind = manifest.get("output", {}).get("kind", "logits")
     fkind = "classifier" if out_kind == "logits" else "embedding"
     bkind, why = _budget_kind(manifest, max_drop)
-    budget = G.DEFAULT_MAX_DROP[bkind] if max_drop is None else float(max_drop)
-    tgt = resolve_target(target)
-    qcfg = _recipe_quantize_cfg(manifest)
+    budget = guard.DEFAULT_MAX_DROP[bkind] if max_drop is None else float(max_drop)
+    target_engine = resolve_target(target)
+    quantize_rules = _recipe_quantize_cfg(manifest)
     cpu = cpu_info()
 
-    cs = load_calibration(calib, art.preprocess, calib_size=calib_size, labels=art.labels,
+    calib_set = load_calibration(calib, art.preprocess, calib_size=calib_size, labels=art.labels,
                           progress=say)
     from .graph import run_model
 
-    say(f"FP32 reference on {len(cs.holdout)} hold-out images")
-    ref = run_model(fp32, cs.holdout)
-    acc32 = G.labelled_accuracy(ref, cs.holdout_labels) if (cs.labelled and fkind == "classifier") else None
+    say(f"FP32 reference on {len(calib_set.holdout)} hold-out images")
+    ref = run_model(fp32, calib_set.holdout)
+    acc32 = guard.labelled_accuracy(ref, calib_set.holdout_labels) if (calib_set.labelled and fkind == "classifier") else None
 
     def labelled(out) -> dict:
         """Labelled top-1 of a converted model's outputs vs FP32's on the held-out images."""
-        acc = G.labelled_accuracy(out, cs.holdout_labels)
-        return {"images": sum(y is not None for y in cs.holdout_labels), "fp32_top1": acc32,
+        acc = guard.labelled_accuracy(out, calib_set.holdout_labels)
+        return {"images": sum(y is not None for y in calib_set.holdout_labels), "fp32_top1": acc32,
                 "top1": acc, "drop_points": round((acc32 - acc) * 100, 3),
                 "random_weights": art.random_weights}
 
@@ -173,22 +173,21 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
                   "budget_metric_reason": why}
         if int8:
             tmp = work / "model.int8.onnx"
-            if tgt == "openvino":
+            if target_engine == "openvino":
                 from .openvino import quantize_for_openvino
 
-                info = quantize_for_openvino(
-                    fp32, tmp, calib=cs, quantize_cfg=qcfg, output_kind=out_kind,
+                info, out = quantize_for_openvino(
+                    fp32, tmp, calib=calib_set, quantize_cfg=quantize_rules, output_kind=out_kind,
                     budget_kind=bkind, max_drop=budget, workdir=work, ref=ref, progress=say)
             else:
                 from .int8 import quantize_int8
 
-                info = quantize_int8(fp32, tmp, settings=choose_int8_settings(tgt, cpu),
-                                     calib=cs, quantize_cfg=qcfg, output_kind=out_kind,
+                info, out = quantize_int8(fp32, tmp, settings=choose_int8_settings(target_engine, cpu),
+                                     calib=calib_set, quantize_cfg=quantize_rules, output_kind=out_kind,
                                      budget_kind=bkind, max_drop=budget, workdir=work,
                                      progress=say, ref_holdout=ref)
-            out = info.pop("_out")
             extra = {"quantization": {**info, **common}, "fidelity": info["fidelity"],
-                     "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
+                     "parity": _parity_summary(info["fidelity"], len(calib_set.holdout), calib_set.source)}
             if acc32 is not None:
                 extra["labelled"] = labelled(out)
             pending.append((tmp, "int8", "image", extra))
@@ -196,11 +195,10 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             from .fp16 import convert_fp16
 
             tmp = work / "model.fp16.onnx"
-            info = convert_fp16(fp32, tmp, holdout=cs.holdout, ref=ref, output_kind=out_kind,
+            info, out = convert_fp16(fp32, tmp, holdout=calib_set.holdout, ref=ref, output_kind=out_kind,
                                 budget_kind=bkind, max_drop=budget, progress=say)
-            out = info.pop("_out")
             extra = {"conversion": {**info, **common}, "fidelity": info["fidelity"],
-                     "parity": _parity_summary(info["fidelity"], len(cs.holdout), cs.source)}
+                     "parity": _parity_summary(info["fidelity"], len(calib_set.holdout), calib_set.source)}
             if acc32 is not None:
                 extra["labelled"] = labelled(out)
             pending.append((tmp, "fp16", "image", extra))
@@ -242,8 +240,8 @@ def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
         quantize_dynamic(str(pre), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
                          per_channel=False, weight_type=QuantType.QInt8)
         q = run_model(tmp, tokens)
-        fid = G.fidelity(ref, q, "embedding")
-        if not G.within(fid, "embedding", G.DEFAULT_MAX_DROP["embedding"]):
+        fid = guard.fidelity(ref, q, "embedding")
+        if not guard.within(fid, "embedding", guard.DEFAULT_MAX_DROP["embedding"]):
             from ..errors import AccuracyBudgetError
 
             raise AccuracyBudgetError(
@@ -259,8 +257,7 @@ def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
 
         say("text tower: FP16")
         tmp = work / "text.fp16.onnx"
-        info = convert_fp16(src, tmp, holdout=tokens, ref=ref, output_kind="embedding",
-                            progress=say)
-        info.pop("_out")
+        info, _ = convert_fp16(src, tmp, holdout=tokens, ref=ref, output_kind="embedding",
+                               progress=say)
         out.append((tmp, "fp16", "text", {"conversion": info, "fidelity": info["fidelity"]}))
     return out

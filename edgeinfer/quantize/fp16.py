@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import MissingDependencyError, ParityError
-from . import guard as G
+from . import guard
 from .graph import float_tensor_outputs, load, onnx_mod, run_model, session, with_outputs
 
 FP16_MAX = 65504.0
@@ -130,9 +130,9 @@ def probe(path: str | Path, x: np.ndarray, *, timeout: float = 600) -> str | Non
 
 def _parity(ref: np.ndarray, out: np.ndarray, fkind: str, budget_kind: str,
             max_drop: float) -> tuple[bool, dict]:
-    fid = G.fidelity(ref, out, fkind)
+    fid = guard.fidelity(ref, out, fkind)
     finite = bool(np.isfinite(out).all())
-    ok = finite and fid["cosine_min"] >= PARITY_COSINE_MIN and G.within(fid, budget_kind, max_drop)
+    ok = finite and fid["cosine_min"] >= PARITY_COSINE_MIN and guard.within(fid, budget_kind, max_drop)
     fid["finite"] = finite
     return ok, fid
 
@@ -140,7 +140,7 @@ def _parity(ref: np.ndarray, out: np.ndarray, fkind: str, budget_kind: str,
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.ndarray,
                  ref: np.ndarray | None = None, output_kind: str = "logits",
                  budget_kind: str | None = None, max_drop: float | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Write an FP16 version of ``fp32_path`` to ``out_path``; return the manifest info.
 
     Raises ParityError when neither plain FP16 nor the mixed-precision fallback keeps parity.
@@ -151,7 +151,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
     t0 = time.perf_counter()
     fkind = "classifier" if output_kind == "logits" else "embedding"
     bkind = budget_kind or fkind
-    budget = G.DEFAULT_MAX_DROP[bkind] if max_drop is None else float(max_drop)
+    budget = guard.DEFAULT_MAX_DROP[bkind] if max_drop is None else float(max_drop)
     model = load(fp32_path)
     if ref is None:
         ref = run_model(fp32_path, holdout)
@@ -230,5 +230,5 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
                  "fidelity": {**fid, "images": int(len(holdout)), "reference": "fp32"},
                  "fp16_initializers": n_fp16_init,
                  "budget": {"kind": bkind, "max_drop": budget},
-                 "seconds": round(time.perf_counter() - t0, 2), "_out": out})
-    return info
+                 "seconds": round(time.perf_counter() - t0, 2)})
+    return info, out  # the record for the manifest, and the FP16 outputs on the hold-out

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import AccuracyBudgetError, MissingDependencyError, QuantizationError
-from . import guard as G
+from . import guard
 from .calib import ArrayDataReader, CalibrationSet
 from .graph import float_keep_nodes, load, name_nodes, onnx_mod, run_model
 from .settings import Int8Settings
@@ -120,7 +120,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                   calib: CalibrationSet, quantize_cfg: dict | None, output_kind: str,
                   max_drop: float | None, workdir: str | Path, budget_kind: str | None = None,
                   progress: Callable[[str], None] | None = None,
-                  ref_holdout: np.ndarray | None = None) -> dict[str, Any]:
+                  ref_holdout: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Quantize ``fp32_path`` into ``out_path`` and return the manifest's ``quantization`` info.
 
     Raises AccuracyBudgetError (with the numbers) when no float/INT8 split meets the budget.
@@ -129,7 +129,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
     workdir = Path(workdir)
     fkind = "classifier" if output_kind == "logits" else "embedding"
     kind = budget_kind or fkind
-    budget = G.DEFAULT_MAX_DROP[kind] if max_drop is None else float(max_drop)
+    budget = guard.DEFAULT_MAX_DROP[kind] if max_drop is None else float(max_drop)
     t0 = time.perf_counter()
     pre = workdir / "pre.onnx"
     say("INT8: pre-processing graph (shape inference, ORT basic optimizations)")
@@ -148,9 +148,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         say(f"INT8: quantizing ({label}; {len(base_exclude) + len(extra)} nodes in float)")
         _quantize(pre, trial, settings, calib, cache, base_exclude + extra, input_name)
         out = run_model(trial, calib.holdout, input_name=input_name)
-        fid = G.fidelity(ref, out, fkind)
-        st = {"label": label, "kept_float_by_guard": len(extra), "drop": G.drop(fid, kind),
-              "fidelity": fid, "within_budget": G.within(fid, kind, budget), "out": out}
+        fid = guard.fidelity(ref, out, fkind)
+        st = {"label": label, "kept_float_by_guard": len(extra), "drop": guard.drop(fid, kind),
+              "fidelity": fid, "within_budget": guard.within(fid, kind, budget), "out": out}
         steps.append(st)
         say(f"INT8: {label}: drop {st['drop']} ({'ok' if st['within_budget'] else 'over budget'})")
         return st
@@ -162,7 +162,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         say("INT8: over budget; ranking nodes by the error each adds")
         cand = [n.name for n in model.graph.node
                 if n.op_type in SENSITIVE_OPS and n.name not in set(base_exclude)]
-        ranking = G.rank_by_added_error(model, trial, calib.calib[:RANK_IMAGES], cand)
+        ranking = guard.rank_by_added_error(model, trial, calib.calib[:RANK_IMAGES], cand)
         if not ranking:
             raise QuantizationError("no quantized node found to keep in float (the QDQ graph "
                                     "has no activation QuantizeLinear/DequantizeLinear pairs)")
@@ -182,7 +182,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         if best is None:
             last = steps[-1]
             raise AccuracyBudgetError(
-                f"INT8 cannot meet the accuracy budget ({G.budget_text(kind, budget)}): with the "
+                f"INT8 cannot meet the accuracy budget ({guard.budget_text(kind, budget)}): with the "
                 f"recipe settings the drop was {steps[0]['drop']}, and with the "
                 f"{last['kept_float_by_guard']} most sensitive of {len(ranked)} quantizable nodes "
                 f"kept in float it is still {last['drop']} (cosine mean "
@@ -243,7 +243,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
         "kept_in_float": {**keep, "guard": guard_nodes},
         "kept_in_float_count": len(base_exclude) + len(guard_nodes),
         "quantizable_nodes": sum(1 for n in model.graph.node if n.op_type in SENSITIVE_OPS),
-        "budget": G.budget_record(kind, budget, resolution=(
+        "budget": guard.budget_record(kind, budget, resolution=(
             round(100.0 / len(calib.holdout), 3) if kind == "classifier" else None)),
         "guard_steps": [{k: v for k, v in s.items() if k not in ("out",)} for s in steps],
         "sensitivity": "added error (output minus input relative error, float vs QDQ)",
@@ -253,6 +253,5 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
                      "engine": "onnxruntime-cpu"},
         "graph": {**prep, "quantize_linear": n_q, "dequantize_linear": n_dq},
         "seconds": round(time.perf_counter() - t0, 2),
-        "_out": final["out"],
     }
-    return info
+    return info, final["out"]  # the record for the manifest, and the INT8 outputs on the hold-out

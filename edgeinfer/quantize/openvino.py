@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import AccuracyBudgetError, MissingDependencyError
-from . import guard as G
+from . import guard
 from .calib import CalibrationSet
 
 TIMING_RUNS = 15
@@ -62,7 +62,8 @@ def nncf_quantize_onnx(fp32_path: Path, out_path: Path, calib: CalibrationSet, *
 
 def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantize_cfg: dict,
                           output_kind: str, budget_kind: str, max_drop: float, workdir,
-                          ref: np.ndarray, progress: Callable[[str], None] | None = None) -> dict:
+                          ref: np.ndarray, progress: Callable[[str], None] | None = None
+                          ) -> tuple[dict, np.ndarray]:
     from .int8 import quantize_int8
     from .settings import choose_int8_settings
 
@@ -80,15 +81,14 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
     ort_dir.mkdir()
     err_a = None
     try:
-        info_a = quantize_int8(fp32_path, ort_path, settings=choose_int8_settings("openvino"),
+        info_a, _ = quantize_int8(fp32_path, ort_path, settings=choose_int8_settings("openvino"),
                                calib=calib, quantize_cfg=quantize_cfg, output_kind=output_kind,
                                budget_kind=budget_kind, max_drop=max_drop, workdir=ort_dir,
                                progress=say, ref_holdout=ref)
-        info_a.pop("_out")
         out, ms = _ov_measure(ort_path, calib.holdout, "int8", cache)
-        fid = G.fidelity(ref_ov, out, fkind)
+        fid = guard.fidelity(ref_ov, out, fkind)
         cands["onnxruntime"] = {"path": ort_path, "info": info_a, "latency_ms": ms, "fid": fid,
-                                "out": out, "ok": G.within(fid, budget_kind, max_drop)}
+                                "out": out, "ok": guard.within(fid, budget_kind, max_drop)}
     except AccuracyBudgetError as e:
         err_a = str(e)
     # (b) NNCF
@@ -101,16 +101,16 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
                                     transformer=bool(quantize_cfg.get("transformer")))
         info_b["seconds"] = round(time.perf_counter() - t0, 2)
         out, ms = _ov_measure(nncf_path, calib.holdout, "int8", cache)
-        fid = G.fidelity(ref_ov, out, fkind)
+        fid = guard.fidelity(ref_ov, out, fkind)
         cands["nncf"] = {"path": nncf_path, "info": info_b, "latency_ms": ms, "fid": fid,
-                         "out": out, "ok": G.within(fid, budget_kind, max_drop)
+                         "out": out, "ok": guard.within(fid, budget_kind, max_drop)
                          and bool(np.isfinite(out).all())}
     except MissingDependencyError:
         raise
     except Exception as e:  # noqa: BLE001 - NNCF failing on a graph: keep the ORT result
         err_b = f"{type(e).__name__}: {str(e)[:300]}"
     ok = {k: v for k, v in cands.items() if v["ok"]}
-    summary = {k: {"latency_ms_b1": round(v["latency_ms"], 3), "drop": G.drop(v["fid"], budget_kind),
+    summary = {k: {"latency_ms_b1": round(v["latency_ms"], 3), "drop": guard.drop(v["fid"], budget_kind),
                    "within_budget": v["ok"], "cosine_mean": v["fid"]["cosine_mean"],
                    "finite": bool(np.isfinite(v["out"]).all())}
                for k, v in cands.items()}
@@ -120,14 +120,14 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
         summary["nncf"] = {"error": err_b}
     if not ok:
         raise AccuracyBudgetError(
-            f"INT8 for OpenVINO meets no accuracy budget ({G.budget_text(budget_kind, max_drop)}): "
+            f"INT8 for OpenVINO meets no accuracy budget ({guard.budget_text(budget_kind, max_drop)}): "
             f"{summary}")
     best = min(ok, key=lambda k: ok[k]["latency_ms"])
     def _desc(k: str) -> str:
         c = cands[k]
         state = "within budget" if c["ok"] else (
             "non-finite outputs" if not np.isfinite(c["out"]).all() else
-            f"over budget, drop {G.drop(c['fid'], budget_kind)}")
+            f"over budget, drop {guard.drop(c['fid'], budget_kind)}")
         return f"{k} {c['latency_ms']:.2f} ms ({state})"
 
     why = ("fastest within budget on OpenVINO CPU: " + "; ".join(_desc(k) for k in cands)
@@ -143,8 +143,8 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
             **c["info"], "target": "openvino", "scheme": "U8S8 (NNCF MIXED)",
             "reason": "NNCF MIXED preset: asymmetric activations, symmetric weights"},
         "calibration": calib.summary(), "kept_in_float": {}, "kept_in_float_count": None,
-        "budget": G.budget_record(budget_kind, max_drop)}  # the guard record the runtime reads
+        "budget": guard.budget_record(budget_kind, max_drop)}  # the guard record the runtime reads
     fid = {**c["fid"], "images": len(calib.holdout), "reference": "fp32 on openvino",
            "holdout_is_calibration": calib.holdout_is_calib}
     return {**base, "fidelity": fid, "choice": f"kept {best}: {why}", "candidates": summary,
-            "openvino_fp32_latency_ms_b1": round(fp32_ms, 3), "_out": c["out"]}
+            "openvino_fp32_latency_ms_b1": round(fp32_ms, 3)}, c["out"]

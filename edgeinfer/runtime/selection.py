@@ -171,6 +171,9 @@ def tuned_pick(artifact: Any, *, usable: Callable[[str], tuple[bool, str]],
     bench's fidelity guard. ``provider`` restricts the pick to one engine.
     """
     notes: list[str] = []
+    path = _artifact_dir(artifact) / TUNING_FILE
+    if path.is_file() and not _read_tuning_file(path):
+        notes.append(f"{TUNING_FILE} is unreadable or from an older edgeinfer (re-run `edgeinfer bench`)")
     cands = []
     for key, m in read_tuning(artifact).items():
         prec, prov = m.get("precision"), m.get("provider")
