@@ -233,6 +233,10 @@ def test_compare_outputs_and_recomputation(arts, tmp_path):
     j = json.loads(files["json"].read_text())
     assert j["models"][0]["name"] == "tiny_a" and "_probs" not in j["models"][0]
     assert j["machine"]["cpu"]["model"] and j["loadavg"] is not None
+    from edgeinfer.evaluate.compare_report import read_results
+
+    again = read_results(out)   # re-render later without running the models again
+    assert np.allclose(again["models"][1]["_probs"], b["_probs"], equal_nan=True)
     html = files["html"].read_text()
     assert "RANDOM WEIGHTS" in html and j["machine"]["cpu"]["model"] in html
     assert "not covered" in html or "are not among" in html

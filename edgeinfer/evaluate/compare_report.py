@@ -218,38 +218,82 @@ def plot_curves(results: dict, roc_path: Path, pr_path: Path) -> tuple[Path | No
 
 
 def plot_scatter(results: dict, path: Path) -> Path | None:
+    """Left: accuracy vs time per image (scored models; marker area ~ size on disk). Right: time
+    per image vs size on disk for every model whose costs were measured, scored or not (the
+    "custom CNN vs VGG16 vs ResNet50" cost view), labelled with the peak RSS."""
     ms = [m for m in scored(results) if m.get("time_mean_ms")]
-    if not ms:
+    costs = [m for m in results["models"] if m.get("time_mean_ms") and m.get("size_bytes")]
+    if not costs:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    sizes = np.asarray([(m.get("size_bytes") or 0) / 2**20 for m in ms])
-    area = 40 + 900 * np.sqrt(sizes / max(sizes.max(), 1e-9))
-    xs = [m["time_mean_ms"] for m in ms]
-    ys = [m["top1"] for m in ms]
-    cmap = plt.get_cmap("tab10")
-    for i, m in enumerate(ms):
-        ax.scatter(xs[i], ys[i], s=area[i], alpha=0.55, color=cmap(i % 10), edgecolor="k", lw=0.6)
-        ax.annotate(f"{_label(m)}\n{_mb(m.get('size_bytes'))} MB", (xs[i], ys[i]), textcoords="offset points",
-                    xytext=(8, 6), fontsize=7)
-    ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-    # 1-2-5 ticks with plain numbers: a comparison often spans less than one decade
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("mean time per image, ms (decode + preprocess + inference; log scale)")
+    def log_axis(axis):
+        # 1-2-5 ticks with plain numbers: a comparison often spans less than one decade
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    cmap = plt.get_cmap("tab10")
+    color = {id(m): cmap(i % 10) for i, m in enumerate(results["models"])}
+    if ms:
+        sizes = np.asarray([(m.get("size_bytes") or 0) / 2**20 for m in ms])
+        area = 40 + 900 * np.sqrt(sizes / max(sizes.max(), 1e-9))
+        xs = [m["time_mean_ms"] for m in ms]
+        ys = [m["top1"] for m in ms]
+        for i, m in enumerate(ms):
+            ax.scatter(xs[i], ys[i], s=area[i], alpha=0.55, color=color[id(m)], edgecolor="k", lw=0.6)
+            ax.annotate(f"{_label(m)}\n{_mb(m.get('size_bytes'))} MB", (xs[i], ys[i]),
+                        textcoords="offset points", xytext=(8, -18), fontsize=7)
+        ax.set_xscale("log")
+        log_axis(ax.xaxis)
+        ax.set_ylim(min(0.0, min(ys) - 0.05), 1.08)
+        ax.set_xlim(min(xs) / 2.0, max(xs) * 3.0)
+    else:
+        ax.text(0.5, 0.5, "no model could be scored on this data set", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("mean time per image, ms (decode + preprocess + inference)")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_ylim(min(0.0, min(ys) - 0.05), 1.05)
-    lo, hi = min(xs), max(xs)
-    ax.set_xlim(lo / 2.0, hi * 3.0)
-    ax.set_title("Accuracy vs time per image; marker area ~ size on disk", fontsize=10)
+    ax.set_title("Accuracy vs time; marker area ~ size on disk", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    tx = [m["time_mean_ms"] for m in costs]
+    sz = [m["size_bytes"] / 2**20 for m in costs]
+    for m, x, y in zip(costs, tx, sz):
+        hollow = m.get("status") != "ok"
+        bx.scatter(x, y, s=70, color="none" if hollow else color[id(m)],
+                   edgecolor=color[id(m)], lw=1.6, zorder=3)
+        rss = m.get("peak_rss_mb")
+        bx.annotate(f"{_label(m)}" + (f"\npeak RSS {rss:.0f} MB" if rss else "")
+                    + (" (not scored)" if hollow else ""), (x, y), textcoords="offset points",
+                    xytext=(7, 4), fontsize=7)
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    log_axis(bx.xaxis)
+    log_axis(bx.yaxis)
+    bx.set_xlim(min(tx) / 2.0, max(tx) * 4.0)
+    bx.set_ylim(min(sz) / 2.0, max(sz) * 3.0)
+    bx.set_xlabel("mean time per image, ms")
+    bx.set_ylabel("size on disk, MB")
+    bx.set_title("Costs of every model (hollow: not scored on this data set)", fontsize=10)
+    bx.grid(alpha=0.3, which="both")
     fig.tight_layout()
     p = _save(fig, path)
     plt.close(fig)
     return p
+
+
+def read_results(out_dir) -> dict:
+    """results.json + scores.npz of an earlier run, as ``compare`` returned them (to re-render
+    the report and plots without running the models again)."""
+    out = Path(out_dir)
+    res = json.loads((out / "results.json").read_text())
+    z = np.load(out / "scores.npz")
+    keys = sorted((k for k in z.files if k.startswith("model")),
+                  key=lambda k: int(k[5:].split("_", 1)[0]))
+    for m, k in zip([m for m in res["models"] if m.get("status") == "ok"], keys):
+        m["_probs"] = z[k].astype(np.float64)
+    return res
 
 
 # ------------------------------------------------------------------ HTML
@@ -366,7 +410,7 @@ def write_html(results: dict, path: Path, pngs: dict) -> Path:
         b64 = base64.b64encode(Path(p).read_bytes()).decode()
         return f"<img class='plot' alt='{_e(title)}' src='data:image/png;base64,{b64}'>"
 
-    parts.append("<h2>Accuracy vs time vs size</h2>" + img("scatter", "accuracy vs time vs size"))
+    parts.append("<h2>Accuracy, time, size</h2>" + img("scatter", "accuracy vs time vs size"))
     parts.append("<h2>Confusion matrices</h2>" + img("confusion", "confusion matrices"))
     curves = img("roc", "ROC curves") + img("pr", "precision-recall curves")
     if curves:  # side by side: the same models, two views
@@ -385,7 +429,8 @@ def write_html(results: dict, path: Path, pngs: dict) -> Path:
         parts.append("<h2>Per class (one-vs-rest)</h2>" + _table(head, rows, left={0}))
     parts.append("<h2>Engine selection</h2><ul>" + "".join(
         f"<li><b>{_e(m['name'])}</b>: {_e(m.get('provider'))}/{_e(m.get('precision'))} — "
-        f"{_e(m.get('selection_reason', ''))}</li>" for m in ms) + "</ul>")
+        f"{_e(m.get('selection_reason', ''))}</li>" for m in results["models"] if m.get("provider"))
+        + "</ul>")
     parts.append(_machine_html(results))
     parts.append("<p class='sub'>Files: results.json, results.csv, predictions.csv (top-5 per image "
                  "and model), scores.npz (all scores), *.png.</p></body></html>")
