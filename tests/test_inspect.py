@@ -117,10 +117,11 @@ def test_cli_inspect_table_and_json(tmp_path, capsys):
 
 
 # Published figures (timm / torchvision model cards, papers): params and GMACs at 224 px.
-KNOWN = {"resnet50": (25.6e6, 4.1e9), "mobilenetv3_large_100": (5.5e6, 0.22e9)}
+KNOWN = {"resnet50": (25.6e6, 4.1e9), "mobilenetv3_large_100": (5.5e6, 0.22e9),
+         "vgg16": (138.4e6, 15.5e9)}   # vgg16: the torchvision recipe of export/vgg.toml
 
 
-@pytest.mark.slow   # real architectures with random weights: ~30 s export each on 2 busy cores
+@pytest.mark.slow   # real architectures with random weights: 30 s (resnet50) to 5 min (vgg16) export
 @pytest.mark.parametrize("name", sorted(KNOWN))
 def test_known_architectures_match_published_figures(name, tmp_path):
     out = tmp_path / name
@@ -133,6 +134,6 @@ def test_known_architectures_match_published_figures(name, tmp_path):
     assert r["totals"]["params"] == pytest.approx(params, rel=0.03)
     assert r["totals"]["macs"] == pytest.approx(macs, rel=0.06)
     mods = [L["module"] for L in r["layers"]]
-    head = {"resnet50": "fc", "mobilenetv3_large_100": "classifier"}[name]
+    head = {"resnet50": "fc", "mobilenetv3_large_100": "classifier", "vgg16": "classifier.6"}[name]
     assert head in mods and not any(m.startswith("node_") for m in mods)   # torch module names
     assert next(L for L in r["layers"] if L["module"] == head)["output_shape"] == [1, 1000]
