@@ -44,6 +44,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
+pytestmark = pytest.mark.photos  # the page is driven with real photos (skips without them)
 REPO = Path(__file__).resolve().parents[1]
 EDGEINFER = Path(sys.executable).with_name("edgeinfer")
 
@@ -292,6 +293,32 @@ def test_drag_and_drop_and_other_label_sets(browser, photo_paths):
     wait(browser, answered("CIFAR-10"), "the CIFAR-10 answers again")
 
 
+def test_accuracy_cost_and_label_mapping_texts(browser):
+    """The page's own wording of a manifest's accuracy records and of a classifier mapped onto a
+    label set (the tiny test models are FP32 with CIFAR-10 labels, so the cards above show
+    neither case)."""
+    acc = "return accuracyText(arguments[0])"
+    int8 = {"precision": "int8"}
+    assert browser.execute_script(acc, {**int8, "accuracy": {"int8": {"parity": {
+        "images": 60, "top1_agreement": 0.983, "cosine_mean": 0.9991, "reference": "fp32"}}}}) == \
+        "top-1 agrees with FP32 on 98.3% · cosine to FP32 0.9991 (60 images)"
+    assert browser.execute_script(acc, {**int8, "accuracy": {"int8": {"labelled": {
+        "images": 100, "top1": 0.71, "fp32_top1": 0.74, "drop_points": 3.0}}}}) == \
+        "top-1 71.0% vs 74.0% in FP32 (−3.0 pts) (100 images)"
+    assert browser.execute_script(acc, {**int8, "accuracy": {}}) == "no accuracy-vs-FP32 record in its manifest"
+    mapped = browser.execute_script(
+        "return mapOntoSet(arguments[0], arguments[1])",
+        # a synonym matches ("tom, cat"), case and "_" are folded, a longer name ("tabby cat") is not "cat"
+        [{"label": "tom, cat", "score": 0.3}, {"label": "tabby, tabby cat", "score": 0.2},
+         {"label": "Egyptian_cat", "score": 0.2}, {"label": "airliner", "score": 0.2},
+         {"label": "Cat", "score": 0.1}],
+        ["cat", "egyptian cat", "dog"])
+    got = [(x["label"], round(x["score"], 4)) for x in mapped["labels"]]
+    assert got == [("cat", 0.6667), ("egyptian cat", 0.3333)]
+    assert mapped["matched"] == 2 and abs(mapped["covered"] - 0.6) < 1e-9
+    assert browser.execute_script("return mapOntoSet(arguments[0], ['dog'])", [{"label": "cat", "score": 1}]) is None
+
+
 def test_custom_labels_answered_by_clip(browser, shots):
     labels = ["shark", "dolphin", "lizard", "giraffe"]
     box = browser.find_element(By.ID, "custom-labels")
@@ -334,6 +361,12 @@ def test_library_scan_search_details(server, browser, shots, library_root):
     assert "0 photos in the library" in stats and str(library_root) in stats, stats
     path = browser.find_element(By.ID, "scan-path")
     assert path.get_attribute("value") == str(library_root)  # pre-filled with the first root
+    path.clear()
+    path.send_keys(str(library_root.parent))  # outside the root: the server's 403, in its words
+    browser.find_element(By.ID, "scan-button").click()
+    err = wait(browser, lambda d: d.find_element(By.ID, "library-error").is_displayed()
+               and d.find_element(By.ID, "library-error"), "the message for a folder outside the root")
+    assert "outside the library roots" in err.text
     path.clear()
     path.send_keys(str(library_root / "holiday"))
     browser.find_element(By.ID, "scan-button").click()
