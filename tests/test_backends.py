@@ -542,3 +542,14 @@ def test_device_is_parsed_once():
         sl.parse_provider("auto", "GPU")
     with pytest.raises(InvalidOptionError, match="GPU index"):
         sl.parse_provider("cuda", "GPU")
+
+
+def test_cli_providers_reads_at_80_columns(capsys):
+    from edgeinfer.cli.main import main
+
+    assert main(["providers"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for name in ("cpu", "cuda", "tensorrt", "openvino"):
+        assert f"{name}: " in out
+    assert "auto picks" in out

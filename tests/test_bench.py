@@ -195,6 +195,7 @@ def test_cli_bench(tiny, generated_images_dir, tmp_path, capsys):
     assert (out / "report.html").exists() and not (tiny / "tuning.json").exists()
     text = capsys.readouterr().out
     assert "report:" in text and "images/s" in text
+    assert max(len(line) for line in text.splitlines()) <= 80   # reads well in 80 columns
     rc = main(["bench", str(tiny), "--provider", "cpu", "--images", str(tmp_path / "nope")])
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err

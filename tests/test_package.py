@@ -70,3 +70,25 @@ def test_cli_models_fits_80_columns_without_cutting_names(capsys):
     import json
 
     assert {m["name"] for m in json.loads(capsys.readouterr().out)} == {r.name for r in list_recipes()}
+
+
+def test_library_noise_is_hidden_unless_verbose(capsys):
+    import logging
+    import warnings
+
+    from edgeinfer.cli.output import quiet_libraries
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with warnings.catch_warnings():
+            quiet_libraries(verbose=False)
+            warnings.warn_explicit("No pretrained weights", UserWarning, "x.py", 1, module="open_clip.factory")
+            warnings.warn_explicit("skipped 3 images", UserWarning, "calib.py", 7,
+                                   module="edgeinfer.quantize.calib")
+            logging.getLogger("open_clip").warning("WARNING from a library")
+        err = capsys.readouterr().err
+        assert "No pretrained weights" not in err and "WARNING from a library" not in err
+        assert "warning: skipped 3 images" in err and "calib.py" not in err  # one line, no source
+    finally:
+        root.setLevel(level)
