@@ -384,3 +384,75 @@ def test_bench_measures_both_towers(tiny, tmp_path):
     assert all(r["latency_median_ms"] > 0 and r["cosine_min"] > 0.9999 for r in text)
     assert "CLIP text tower" in (tmp_path / "b" / "report.html").read_text()
     assert json.loads((tmp_path / "b" / "results.json").read_text())["text_tower"]
+
+
+# ------------------------------------------------------------------ label-set encoder (issue 18)
+def test_shared_prefix_encoder_equals_encode_text(tiny):
+    """One template over many labels: prefix computed once, the rest attends to it; identical
+    to open_clip's encode_text, duplicates and a prompt truncated at 77 tokens included."""
+    from edgeinfer.export.clip import SharedPrefixEncoder
+    from edgeinfer.runtime.tokenizer import ClipTokenizer
+
+    built, out = tiny
+    clip = built.extra["clip_model"]
+    assert SharedPrefixEncoder.supports(clip)
+    tok = ClipTokenizer.from_artifact(out)
+    labels = ["cat", "golden retriever", "cat", "a very long label " * 20, "日本の猫", "x"]
+    ids = tok.encode([f"a blurry photo of the {c}." for c in labels])
+    got = SharedPrefixEncoder(clip, batch_size=2).encode_group(ids)   # several batches
+    with torch.no_grad():
+        ref = clip.encode_text(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    np.testing.assert_array_equal(got[0], got[2])
+
+
+def test_label_sets_record_engine_and_check(tiny):
+    m = json.loads((tiny[1] / "manifest.json").read_text())
+    cifar = m["text"]["label_sets"]["cifar10"]
+    assert "shared-prefix" in cifar["computed_with"]
+    assert cifar["check"]["prompts"] > 0 and cifar["check"]["cosine_min"] >= 0.9999
+    assert m["text"]["label_sets_seconds"] >= 0 and cifar["seconds"] >= 0
+
+
+def test_fallback_encoder_gives_the_same_label_set(tiny_config, tiny, tmp_path, monkeypatch):
+    """A text tower the shared-prefix encoder does not fit is encoded by text.fp32.onnx in ONNX
+    Runtime: same embeddings."""
+    from edgeinfer.export import clip as E
+
+    monkeypatch.setattr(E.SharedPrefixEncoder, "supports", staticmethod(lambda clip: False))
+    built = build_clip(tiny_recipe(), weights="random", seed=0)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    text = add_text_tower(built, stage, {"opset": 18})
+    assert "onnxruntime" in text["label_sets"]["cifar10"]["computed_with"]
+    np.testing.assert_allclose(np.load(stage / "labels.cifar10.npy"),
+                               np.load(tiny[1] / "labels.cifar10.npy"), atol=2e-5)
+
+
+def test_progress_reports_rate_and_eta():
+    from edgeinfer.runtime.zero_shot import RateReporter
+
+    lines: list[str] = []
+    r = RateReporter(lines.append, 3000, every_s=0)
+    r.add(1000)
+    r.add(2000)
+    assert "1,000/3,000 prompts" in lines[0] and "prompts/s" in lines[0] and "ETA" in lines[0]
+    assert "3,000/3,000" in lines[-1] and "ETA" not in lines[-1]
+    quiet: list[str] = []
+    RateReporter(quiet.append, 10, every_s=0).add(10)   # small jobs say nothing
+    assert quiet == []
+
+
+def test_embed_text_matches_open_clip(tiny, model):
+    built, _ = tiny
+    texts = ["a dog on the beach", "receipts from 2019", "猫"]
+    got = model.embed_text(texts)
+    with torch.no_grad():
+        ref = built.extra["clip_model"].encode_text(built.extra["tokenizer"](texts),
+                                                    normalize=True).numpy()
+    assert got.shape == (3, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    one = model.embed_text("a dog on the beach")
+    assert one.shape == (32,) and np.allclose(one, got[0], atol=1e-6)
+    with pytest.raises(LabelError):
+        model.embed_text([])
