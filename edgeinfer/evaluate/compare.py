@@ -65,8 +65,10 @@ def _file_size(art, precision: str, tower: str = "image") -> int | None:
     return int(p.stat().st_size) if p.exists() else None
 
 
-def _peak_rss(art_dir: Path, sel, ds: DataSet, labels: list[str] | None, workdir: Path) -> dict:
+def _peak_rss(art_dir: Path, sel, ds: DataSet, labels: list[str] | None) -> dict:
     """Peak RSS of a fresh process serving the model (``serve_worker``)."""
+    import tempfile
+
     from ..bench.worker import run_in_subprocess
 
     items = ds.items[:MEMORY_IMAGES]
@@ -74,9 +76,11 @@ def _peak_rss(art_dir: Path, sel, ds: DataSet, labels: list[str] | None, workdir
             not sel.device else f"openvino:{sel.device}", "precision": sel.precision,
             "labels": labels, "paths": [], "arrays": None}
     if items and not isinstance(items[0], (str, Path)):
-        arr = workdir / f"mem_images_{os.getpid()}.npy"
-        np.save(arr, np.stack(items))
-        spec["arrays"] = str(arr)
+        # in-memory images (CIFAR-10, CSV...) travel as one .npy in the temp dir, not the user's
+        fd, arr = tempfile.mkstemp(prefix="edgeinfer-compare-", suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.stack(items))
+        spec["arrays"] = arr
     else:
         spec["paths"] = [str(p) for p in items]
     try:
@@ -88,8 +92,7 @@ def _peak_rss(art_dir: Path, sel, ds: DataSet, labels: list[str] | None, workdir
 
 
 def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precision: str = "auto",
-                   measure_memory: bool = True, workdir: Path | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   measure_memory: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
     """One model on one (sampled) data set: metrics, per-image scores and predictions, costs."""
     from ..runtime.artifact import Artifact
     from ..runtime.model import Failure, load
@@ -204,7 +207,7 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
         row["text_size_bytes"] = _file_size(art, sel.precision, "text") or \
             _file_size(art, "fp32", "text")
     if measure_memory:
-        mem = _peak_rss(art_dir, sel, ds, labels, Path(workdir or art_dir.parent))
+        mem = _peak_rss(art_dir, sel, ds, labels)
         row["peak_rss_mb"] = mem.get("peak_rss_mb") if mem.get("ok") else None
         if not mem.get("ok"):
             row["memory_error"] = mem.get("error")

@@ -418,7 +418,7 @@ def write_html(results: dict, path: Path, pngs: dict) -> Path:
                      "flex-wrap:wrap;align-items:flex-start'>" + curves + "</div>")
     ms = scored(results)
     if ms:
-        head = ["class", "support"] + [f"{m['name']} AUC / AP" for m in ms]
+        head = ["class", "support"] + [f"{_label(m)} AUC / AP" for m in ms]
         rows = []
         for c, name in enumerate(d["classes"]):
             r = [name, str(d["support"][c])]
