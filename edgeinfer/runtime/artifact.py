@@ -441,9 +441,11 @@ class _Schema:
                 self.fail(f"{field}[{i}]", f"a string of at most {max_len} characters", s)
         return v
 
-    def file(self, v: Any, field: str) -> Path | None:
+    def file(self, v: Any, field: str, *, must_exist: bool = True) -> Path | None:
         """A file the manifest names: relative, inside the artifact after following symlinks,
-        a regular file (not a device, FIFO or directory)."""
+        a regular file (not a device, FIFO or directory). ``must_exist=False`` (validation at
+        load): a missing file passes here and is reported when it is used, so a manifest can
+        still be read and repaired."""
         if not isinstance(v, str) or not v or "\x00" in v or len(v) > 4096:
             self.fail(field, "a file name relative to the artifact directory", v)
         if os.path.isabs(v) or "\\" in v or any(part == ".." for part in v.split("/")):
@@ -453,6 +455,8 @@ class _Schema:
         root = self.root.resolve()
         p = self.root / v
         if not os.path.lexists(p):
+            if not must_exist:
+                return None
             raise ArtifactError(f"{p} is listed in the manifest ('{field}') but missing; "
                                 f"re-export the model or re-run `edgeinfer quantize`.")
         try:
@@ -465,6 +469,8 @@ class _Schema:
         try:
             st = os.stat(real)
         except OSError:
+            if not must_exist:
+                return None
             raise ArtifactError(f"{p} is listed in the manifest ('{field}') but missing (a "
                                 f"dangling link); re-export the model.") from None
         if not stat.S_ISREG(st.st_mode):
@@ -484,7 +490,7 @@ def _check_file_entry(s: _Schema, e: Any, field: str, precision: str, seen: dict
     e = s.dict_(e, field)
     s.str_(e.get("precision"), f"{field}.precision", choices=(precision,))
     s.sha(e.get("sha256"), f"{field}.sha256")
-    s.file(e.get("file"), f"{field}.file")
+    s.file(e.get("file"), f"{field}.file", must_exist=False)
     other = seen.setdefault(e["file"], field)
     if other != field:
         s.fail(f"{field}.file", f"a file not already used by {other}", e["file"])
@@ -504,7 +510,7 @@ def _check_file_entry(s: _Schema, e: Any, field: str, precision: str, seen: dict
             s.fail(f"{field}.external_data", "a list of {file, sha256} objects", ext)
         for i, x in enumerate(ext):
             x = s.dict_(x, f"{field}.external_data[{i}]")
-            s.file(x.get("file"), f"{field}.external_data[{i}].file")
+            s.file(x.get("file"), f"{field}.external_data[{i}].file", must_exist=False)
             s.sha(x.get("sha256"), f"{field}.external_data[{i}].sha256")
 
 
@@ -593,7 +599,7 @@ def validate_manifest(m: Any, *, where: str | os.PathLike = MANIFEST_NAME,
         if tok is not None:
             tok = s.dict_(tok, "text.tokenizer")
             s.str_(tok.get("type", "clip_bpe"), "text.tokenizer.type", choices=TOKENIZER_TYPES)
-            s.file(tok.get("file"), "text.tokenizer.file")
+            s.file(tok.get("file"), "text.tokenizer.file", must_exist=False)
             s.sha(tok.get("sha256"), "text.tokenizer.sha256")
             s.int_(tok.get("context_length"), "text.tokenizer.context_length", 1,
                    MAX_CONTEXT_LENGTH, optional=True)
@@ -604,7 +610,7 @@ def validate_manifest(m: Any, *, where: str | os.PathLike = MANIFEST_NAME,
             f = f"text.label_sets.{name}"
             s.str_(name, f"{f} (name)")
             spec = s.dict_(spec, f)
-            s.file(spec.get("file"), f"{f}.file")
+            s.file(spec.get("file"), f"{f}.file", must_exist=False)
             s.sha(spec.get("sha256"), f"{f}.sha256")
             s.str_list(spec.get("labels"), f"{f}.labels", min_n=1)
         dflt = text.get("default_label_set")

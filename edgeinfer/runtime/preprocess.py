@@ -286,7 +286,9 @@ def load_image(src: Any, *, draft_size: int | None = None) -> Image.Image:
             # draft keeps both sides >= the request; ask for a square so the shorter side is kept
             img.draft(img.mode, (int(draft_size), int(draft_size)))
             scale = max(1, round(full[0] / img.size[0]))
-        factor = _check_budget(img, draft_size if ours and scale == 1 else None)
+        # a caller's PIL image / array is already in memory (and must come out exactly as
+        # before): the decode budget and reduce() are for what we decode ourselves
+        factor = _check_budget(img, draft_size if scale == 1 else None) if ours else 1
         orientation = _orientation(img)
         img.load()
         if factor > 1:
