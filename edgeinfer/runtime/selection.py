@@ -294,8 +294,8 @@ def select(provider: str = "auto", *, artifact: Any = None, precision: str = "au
                                      if p not in ("cpu", "openvino") else usable(p))
             if pick is not None:
                 chosen = pick["provider"]
-                preason = (f"tuned on this machine: {chosen} measured fastest "
-                           f"({pick['latency_ms']} ms, {pick.get('measured', '?')})")
+                preason = (f"tuned on this machine: {chosen}/{pick['precision']} measured "
+                           f"fastest ({pick['latency_ms']} ms, {pick.get('measured', '?')})")
     else:
         s = status(name)
         if not s.available:
@@ -319,8 +319,9 @@ def select(provider: str = "auto", *, artifact: Any = None, precision: str = "au
     if precision != "auto":
         prec, why = precision, "requested"
     elif pick is not None and pick["provider"] == chosen and pick["precision"] in have:
-        prec, why = pick["precision"], (f"tuned on this machine ({pick['latency_ms']} ms, "
-                                        f"measured {pick.get('measured', '?')})")
+        prec = pick["precision"]
+        why = (f"{prec}, from the same measurement" if name == "auto" else
+               f"tuned on this machine ({pick['latency_ms']} ms, measured {pick.get('measured', '?')})")
     else:
         pick = None
         prec, why = _auto_precision(chosen, dev, have, artifact, cpu)
