@@ -439,7 +439,7 @@ def write_html(results: dict, path: Path, *, png: Path | None = None) -> Path:
                  f"</div>")
     sel = results.get("selection") or {}
     tun = (results.get("tuning") or {}).get("entry")
-    pick = [f"<b>provider=\"auto\" selection (heuristic):</b> {_e(sel.get('provider'))}"
+    pick = [f"<b>provider=\"auto\" selection before this run:</b> {_e(sel.get('provider'))}"
             f"{'/' + _e(sel.get('precision')) if sel.get('precision') else ''} — {_e(sel.get('reason', ''))}"]
     if tun:
         pick.append(f"<b>Measured pick</b> (fastest configuration at batch {tun.get('batch')} whose "
@@ -449,8 +449,9 @@ def write_html(results: dict, path: Path, *, png: Path | None = None) -> Path:
                        " (random weights: top-1 flips on noise, so only the cosine counts)") + "): "
                     f"<b>{_e(tun['provider'])}/{_e(tun['precision'])}</b>, {ms(tun['latency_ms'])} ms. "
                     f"Written to <code>{_e(results['tuning'].get('file') or 'not written')}</code> "
-                    f"(machine key <code>{_e(results['tuning']['key'])}</code>); "
-                    f"<code>edgeinfer.load(provider=\"auto\")</code> uses it on this machine.")
+                    f"(machine key <code>{_e(results['tuning']['key'])}</code>, with the sha256 of each "
+                    f"file measured); <code>edgeinfer.load(provider=\"auto\")</code> uses it on this "
+                    f"machine until a file is replaced or the engines are upgraded.")
     parts.append("<div class='pick'>" + "<br>".join(pick) + "</div>")
     notes = observations(results)
     if notes:
