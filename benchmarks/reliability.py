@@ -412,6 +412,13 @@ def _complete(d: Path, precisions: set[str]) -> bool:
         return False
 
 
+def _temp_leftovers(tmpdir: Path) -> list[str]:
+    """Temporary files of the quantizer left in $TMPDIR (ONNX Runtime's ``ort.quant.*`` dirs,
+    model copies); a library's persistent files there (OpenVINO telemetry's ``.ses``) are not."""
+    return sorted(p.name for p in tmpdir.iterdir()
+                  if p.name.startswith(("ort.quant", "tmp")) or p.suffix in (".onnx", ".data", ".npy"))
+
+
 def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", progress=print) -> dict:
     """Export / quantize subprocesses killed with SIGKILL at random moments."""
     from PIL import Image
@@ -474,7 +481,7 @@ def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", pro
         runs.append({"run": k, "command": what, "killed_after_s": round(delay, 2),
                      "finished_before_kill": finished, "left_next_to_out": [d.name for d in siblings],
                      "loadable_leftovers": loadable, "out": out_state,
-                     "tmpdir_files": len(list(tmpdir.iterdir())), "ok": ok})
+                     "tmpdir_files": _temp_leftovers(tmpdir), "ok": ok})
         progress(f"kill {k + 1}/{n}: {what} after {delay:.1f} s: out {out_state}, "
                  f"{len(siblings)} leftover(s), {len(loadable)} loadable")
     # the following export and quantize succeed and leave nothing behind
@@ -493,7 +500,9 @@ def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", pro
             "killed_runs": sum(not x["finished_before_kill"] for x in runs),
             "loadable_leftovers": sum(len(x["loadable_leftovers"]) for x in runs),
             "bad_out_states": sum(not x["ok"] for x in runs),
-            "tmpdir_files_max": max((x["tmpdir_files"] for x in runs), default=0),
+            "tmpdir_files_max": max((len(x["tmpdir_files"]) for x in runs), default=0),
+            "tmpdir_other_files": sorted(p.name for p in tmpdir.iterdir()
+                                         if p.name not in _temp_leftovers(tmpdir)),
             "final_export_ok": final_ok and _complete(out, {"fp32", "int8", "fp16"}),
             "left_after_final_export": left, "stale_quantize_dirs_after_final": stale_work,
             "runs": runs}
@@ -573,8 +582,9 @@ def write_report(res: dict) -> None:
                   f"- loadable leftovers next to --out: **{k['loadable_leftovers']}**",
                   f"- runs where --out was neither absent, the previous artifact nor a complete new one: "
                   f"**{k['bad_out_states']}**",
-                  f"- files left in the children's $TMPDIR (ONNX Runtime quantization temp files): "
-                  f"**{k['tmpdir_files_max']}**",
+                  f"- quantization temp files left in the children's $TMPDIR (`ort.quant.*`, model "
+                  f"copies): **{k['tmpdir_files_max']}** (other files there: "
+                  f"{', '.join(k.get('tmpdir_other_files') or []) or 'none'})",
                   f"- the following export + quantize succeeded: **{k['final_export_ok']}**; left next "
                   f"to --out afterwards: {k['left_after_final_export'] or 'nothing'}; stale quantize "
                   f"work dirs: {k['stale_quantize_dirs_after_final'] or 'none'}", ""]
