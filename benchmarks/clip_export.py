@@ -266,11 +266,15 @@ t0 = time.perf_counter(); m = edgeinfer.load(art, provider="cpu", precision="fp3
 t0 = time.perf_counter(); m.text.label_embeddings(labels); cold = time.perf_counter() - t0
 t0 = time.perf_counter(); m.text.label_embeddings(other); warm = time.perf_counter() - t0
 t0 = time.perf_counter(); m.text.label_embeddings(other); cached = time.perf_counter() - t0
+m2 = edgeinfer.load(art, provider="cpu", precision="fp32")
+t0 = time.perf_counter(); m2.text.warm(); t_warm = time.perf_counter() - t0
+t0 = time.perf_counter(); m2.text.label_embeddings(labels); after_warm = time.perf_counter() - t0
 lat = []
 for i in range(50):
     t0 = time.perf_counter(); m.embed_text("a dog on the beach %d" % i); lat.append(time.perf_counter() - t0)
 print("RESULT " + json.dumps({"load_s": t_load, "custom_10x1_first_call_s": cold,
       "custom_10x1_new_list_warm_s": warm, "custom_10x1_cached_s": cached,
+      "text_warm_s": t_warm, "custom_10x1_after_warm_s": after_warm,
       "embed_text_b1_p50_ms": 1000 * float(np.percentile(lat, 50)),
       "embed_text_b1_p90_ms": 1000 * float(np.percentile(lat, 90)), "provider": m.provider,
       "precision": m.precision, "torch_loaded": "torch" in sys.modules}))
@@ -344,6 +348,8 @@ def write(results: dict, out: Path) -> None:
                    f"| custom labels 10 x 1 template, first call (text session created) | {r['custom_10x1_first_call_s']:.3f} s |",
                    f"| another 10-label list, warm Model | {r['custom_10x1_new_list_warm_s']:.3f} s |",
                    f"| the same list again (cached) | {1000 * r['custom_10x1_cached_s']:.3f} ms |",
+                   f"| `Model.text.warm()` at service start (tokenizer + text session + one prompt) | {r['text_warm_s']:.3f} s |",
+                   f"| custom labels 10 x 1, first call after warm() | {r['custom_10x1_after_warm_s']:.3f} s |",
                    f"| `Model.embed_text` one prompt, batch 1, p50 / p90 of 50 | {r['embed_text_b1_p50_ms']:.1f} / {r['embed_text_b1_p90_ms']:.1f} ms |",
                    f"\n(load {r['load_before'][0]} -> {r['load_after'][0]}; torch loaded: {r['torch_loaded']})\n"]
     if results.get("notes"):

@@ -26,8 +26,9 @@ goes is the number of token positions the 12-layer text transformer processes. T
    so this is exact; it removes 56% of the remaining token positions for ImageNet;
 3. in the last layer, runs attention and the MLP for the end-of-text position only (the only one
    CLIP reads) and just the keys/values for the others;
-4. encodes identical prompts once, in large batches (up to ``LABEL_BATCH`` prompts of equal length
-   together), with torch's CPU kernels on all cores (or CUDA when present).
+4. encodes identical prompts once, in large batches of prompts of equal length (no padding; up to
+   ``LABEL_BATCH`` prompts or ``LABEL_BATCH_TOKENS`` positions), with torch's CPU kernels on all
+   cores (or CUDA when present).
 
 Before a label set is written, a sample of its prompts is encoded both ways and compared with the
 parity-checked ``text.fp32.onnx`` (cosine >= 0.9999); a text tower this does not fit (not
@@ -64,7 +65,8 @@ TEXT_OUTPUT = "text_embedding"  # "embedding" collides with a node name in the d
 TOKENIZER_FILE = "tokenizer_bpe.txt.gz"
 PARITY_COSINE_MIN = 0.9999
 DEFAULT_LABEL_SETS = ("imagenet", "cifar10")
-LABEL_BATCH = 1024          # prompts per text-tower call while computing label sets
+LABEL_BATCH = 1024          # prompts per text-tower call while computing label sets, and
+LABEL_BATCH_TOKENS = 8192   # at most this many token positions per call (activations in cache)
 CHECK_LABELS = 8            # labels per label set encoded both ways as the check (x all templates
                             # up to CHECK_TEMPLATES): a few seconds
 CHECK_TEMPLATES = 4
@@ -316,11 +318,13 @@ class SharedPrefixEncoder:
     CLIP); ``supports(clip)`` says whether a model qualifies.
     """
 
-    def __init__(self, clip, *, device: str = "cpu", batch_size: int = LABEL_BATCH):
+    def __init__(self, clip, *, device: str = "cpu", batch_size: int = LABEL_BATCH,
+                 batch_tokens: int = LABEL_BATCH_TOKENS):
         self.clip = clip
         self.blocks = list(clip.transformer.resblocks)
         self.device = device
         self.batch_size = int(batch_size)
+        self.batch_tokens = int(batch_tokens)
         self.cast = clip.transformer.get_cast_dtype()
 
     @staticmethod
@@ -353,9 +357,10 @@ class SharedPrefixEncoder:
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, (k, v)
 
-    def _last_block(self, blk, x, past, eot, p):
-        """The final block, where only the end-of-text position is read: keys/values for all
-        positions, attention and MLP for that one."""
+    def _last_block(self, blk, x, past):
+        """The final block, where only the end-of-text position (the last one: batches hold
+        prompts of one length) is read: keys/values for all positions, attention and the MLP
+        for that one."""
         import torch  # noqa: PLC0415
         import torch.nn.functional as F  # noqa: N812,PLC0415
 
@@ -367,13 +372,9 @@ class SharedPrefixEncoder:
         k, v = kv.view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)
         k = torch.cat([past[0].expand(b, -1, -1, -1), k], 2)
         v = torch.cat([past[1].expand(b, -1, -1, -1), v], 2)
-        rows = torch.arange(b, device=x.device)
-        q = F.linear(hn[rows, eot], attn.in_proj_weight[:d], attn.in_proj_bias[:d]).view(b, h, 1, d // h)
-        # each prompt sees the prefix and its own tokens up to its end-of-text (not the padding
-        # of longer prompts in the batch)
-        mask = (torch.arange(p + s, device=x.device)[None, :] <= (eot + p)[:, None]).view(b, 1, 1, p + s)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(b, d)
-        xe = x[rows, eot] + blk.ls_1(attn.out_proj(o))
+        q = F.linear(hn[:, -1], attn.in_proj_weight[:d], attn.in_proj_bias[:d]).view(b, h, 1, d // h)
+        o = F.scaled_dot_product_attention(q, k, v).reshape(b, d)   # the last position sees all
+        xe = x[:, -1] + blk.ls_1(attn.out_proj(o))
         return xe + blk.ls_2(blk.mlp(blk.ln_2(xe)))
 
     def _prefix(self, ids: np.ndarray):
@@ -389,7 +390,9 @@ class SharedPrefixEncoder:
             past.append(kv)
         return past
 
-    def _suffix(self, ids: np.ndarray, p: int, past, eot: np.ndarray) -> np.ndarray:
+    def _suffix(self, ids: np.ndarray, p: int, past) -> np.ndarray:
+        """Features of prompts = shared prefix (``past``: its P positions' keys/values per layer)
+        + ``ids`` [B, S], every row ending with its end-of-text token at S - 1."""
         import torch  # noqa: PLC0415
 
         c = self.clip
@@ -399,8 +402,7 @@ class SharedPrefixEncoder:
         mask = torch.ones(s, p + s, dtype=torch.bool, device=self.device).tril(p)
         for blk, kv in zip(self.blocks[:-1], past[:-1]):
             x, _ = self._block(blk, x, kv, mask)
-        xe = self._last_block(self.blocks[-1], x, past[-1],
-                              torch.from_numpy(eot).to(self.device), p)
+        xe = self._last_block(self.blocks[-1], x, past[-1])
         xe = c.ln_final(xe)
         proj = c.text_projection
         if proj is not None:
@@ -418,18 +420,22 @@ class SharedPrefixEncoder:
         while p < int(lengths.min()) - 1 and (uniq[:, p] == uniq[0, p]).all():
             p += 1
         out = np.empty((len(uniq), 0), np.float32)
-        order = np.argsort(lengths, kind="stable")
         with torch.inference_mode():
             past = self._prefix(uniq[0, :p])
-            for start in range(0, len(uniq), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                s = int(lengths[idx].max()) - p
-                y = self._suffix(np.ascontiguousarray(uniq[idx, p:p + s]), p, past, lengths[idx] - 1 - p)
-                if out.shape[1] == 0:
-                    out = np.empty((len(uniq), y.shape[1]), np.float32)
-                out[idx] = y
-                if report is not None:
-                    report.add(len(idx))
+            # batches of equal length: no padding at all (one template's suffixes run from 2 to
+            # ~17 tokens; padding them to the longest would triple the work)
+            for length in np.unique(lengths):
+                rows = np.flatnonzero(lengths == length)
+                s = int(length) - p
+                step = max(1, min(self.batch_size, self.batch_tokens // s))
+                for start in range(0, len(rows), step):
+                    idx = rows[start:start + step]
+                    y = self._suffix(np.ascontiguousarray(uniq[idx, p:p + s]), p, past)
+                    if out.shape[1] == 0:
+                        out = np.empty((len(uniq), y.shape[1]), np.float32)
+                    out[idx] = y
+                    if report is not None:
+                        report.add(len(idx))
         return out[inverse.reshape(-1)]
 
 

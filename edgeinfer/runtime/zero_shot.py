@@ -288,6 +288,12 @@ class TextEncoder:
                 self._tokenizer = ClipTokenizer.from_artifact(self.artifact)
             return self._tokenizer
 
+    def warm(self) -> "TextEncoder":
+        """Create the tokenizer and the text-tower session now and run one prompt, so the first
+        request of a service does not pay for them (the engine session is most of it)."""
+        self.embed("a photo.")
+        return self
+
     def cached_label_lists(self) -> int:
         """How many custom label lists are cached (bounded by ``cache_size``)."""
         with self._lock:
