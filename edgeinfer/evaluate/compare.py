@@ -130,10 +130,12 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
 
     def scores_of(item) -> np.ndarray | Failure:
         if mode == "zero-shot":
-            from ..runtime import zero_shot as zs
-
-            probs, _, rows = zs.probabilities(model, [item], labels)
-            return rows[0] if isinstance(rows[0], Failure) else probs[0]
+            # the public API (the text embeddings of the labels are cached by the model)
+            r = model.zero_shot([item], labels, top_k=len(labels))[0]
+            if isinstance(r, Failure):
+                return r
+            got = dict(r)
+            return np.asarray([got[x.strip()] for x in labels], np.float64)
         r = model.embed_raw([item])[0]
         return r
 
