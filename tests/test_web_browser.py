@@ -39,7 +39,7 @@ if _missing:
                 f"`apt-get install chromium chromium-driver`, as .ci/run does)", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver",
                                 reason="selenium not installed (pip install 'edgeinfer[test]')")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -174,7 +174,9 @@ def no_script_errors(browser):
 
 def wait(driver, cond, what: str, timeout: float = WAIT_S):
     try:
-        return WebDriverWait(driver, timeout).until(cond, message=f"timed out waiting for {what}")
+        # The page re-renders lists wholesale: an element read mid-render is simply read again.
+        return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+            cond, message=f"timed out waiting for {what}")
     except TimeoutException:
         driver.save_screenshot(str(driver.edgeinfer_shots / f"FAILED {what}.png"))
         raise
@@ -380,6 +382,11 @@ def test_library_scan_search_details(server, browser, shots, library_root):
         "const b = document.getElementById('scan-bar'); "
         "return Math.abs(b.getBoundingClientRect().width - b.parentElement.getBoundingClientRect().width) < 1"),
         "the progress bar to fill its track", timeout=5)
+    # The scan ends on the whole library: every photo a tile, the corrupt one marked unreadable.
+    wait(browser, lambda d: d.find_element(By.ID, "library-caption").text.startswith("All photos"), "all photos")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#library-results .tile")) == n
+    broken = browser.find_elements(By.CSS_SELECTOR, "#library-results .thumb.broken")
+    assert len(broken) == 1 and "broken.jpg" in broken[0].find_element(By.XPATH, "..").text
     snap(browser, shots, "06_library_scanned")
 
     browser.find_element(By.ID, "search-input").send_keys("a dog on the beach")
@@ -390,6 +397,7 @@ def test_library_scan_search_details(server, browser, shots, library_root):
         js = "return arguments[0].complete && arguments[0].naturalWidth"
         ok = imgs and all(d.execute_script(js, i) for i in imgs)
         return imgs if ok else False
+    wait(browser, lambda d: d.find_element(By.ID, "library-caption").text.startswith("Photos matching"), "the search")
     imgs = wait(browser, thumbs_loaded, "search results with thumbnails")
     assert 1 <= len(imgs) <= n - 1  # every readable photo may match, the corrupt one cannot
     scores = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#library-results .tile .score")]

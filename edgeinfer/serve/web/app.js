@@ -478,6 +478,7 @@ async function scan() {
       if (setScanProgress(j, startedAt)) {
         if (j.error) showError("#library-error", `The scan stopped: ${j.error}`);
         loadLibrary();
+        browse();
         break;
       }
       await sleep(400);
@@ -503,9 +504,12 @@ async function loadThumb(img, id) {
 
 function tile(p, { score, keep } = {}) {
   const id = photoId(p);
-  const img = el("img", { class: "thumb", alt: baseName(p.path) });
-  loadThumb(img, id);
-  const t = el("div", { class: `tile ${keep ? "keep" : ""}`, "data-photo-id": id, title: p.path, onclick: () => showDetails(id, t) },
+  // An unreadable photo has no thumbnail: its tile says so instead of asking for one.
+  const img = p.error ? el("div", { class: "thumb broken", text: "unreadable" })
+    : el("img", { class: "thumb", alt: baseName(p.path) });
+  if (!p.error) loadThumb(img, id);
+  const t = el("div", { class: `tile ${keep ? "keep" : ""}`, "data-photo-id": id, title: p.error ? `${p.path}: ${p.error}` : p.path,
+    onclick: () => showDetails(id, t) },
     img,
     el("div", { class: "tile-body" },
       el("div", { class: "tile-name", text: baseName(p.path) }),
@@ -515,7 +519,8 @@ function tile(p, { score, keep } = {}) {
         // Duplicates show what decides the keeper: resolution, then file size.
         score == null && p.width ? el("span", { text: `${p.width}×${p.height}` }) : null,
         score == null && p.size ? el("span", { text: bytes(p.size) }) : null),
-      el("button", { class: "link", type: "button", text: "More like this ›", onclick: (e) => { e.stopPropagation(); similar(id); } })));
+      p.error ? null
+        : el("button", { class: "link", type: "button", text: "More like this ›", onclick: (e) => { e.stopPropagation(); similar(id); } })));
   return t;
 }
 
@@ -523,6 +528,20 @@ function showHits(data, caption) {
   const hits = listOf(data, "results", "photos", "hits", "matches");
   $("#library-caption").textContent = hits.length ? caption : `${caption}: nothing found${data.note ? ` (${data.note})` : " (scan a folder first?)"}`;
   $("#library-results").replaceChildren(el("div", { class: "grid" }, hits.map((h) => tile(h.photo || h, { score: h.score }))));
+}
+
+// Every stored photo, a page at a time (the first 100 here), shown after a scan too.
+async function browse() {
+  showError("#library-error", "");
+  try {
+    const data = await api("/v1/photos?limit=100");
+    const photos = listOf(data, "photos");
+    const total = data.total ?? photos.length;
+    $("#library-caption").textContent = photos.length
+      ? `All photos (${photos.length < total ? `first ${photos.length} of ` : ""}${total}); click one for its details`
+      : "The library is empty: scan a folder.";
+    $("#library-results").replaceChildren(el("div", { class: "grid" }, photos.map((p) => tile(p))));
+  } catch (e) { failed("#library-error", e); }
 }
 
 async function search() {
@@ -570,8 +589,8 @@ async function showDetails(id, tileEl) {
   let p;
   try { p = await api(`/v1/photos/${encodeURIComponent(id)}`); } catch (e) { failed("#library-error", e); return; }
   p = p.photo || p;
-  const img = el("img", { alt: baseName(p.path) });
-  loadThumb(img, id);
+  const img = p.error ? null : el("img", { alt: baseName(p.path) });
+  if (img) loadThumb(img, id);
   const facts = [
     ["path", p.path], ["size", bytes(p.size ?? p.bytes)],
     ["resolution", p.width ? `${p.width}×${p.height}` : null],
@@ -584,7 +603,7 @@ async function showDetails(id, tileEl) {
     el("h3", { text: baseName(p.path) }), img,
     ...tagsBlocks(p.tags),
     el("dl", {}, facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: k === "sha256" ? "mono" : "", text: String(v) })])),
-    el("button", { class: "ghost", type: "button", text: "More like this", onclick: () => similar(id) }));
+    p.error ? null : el("button", { class: "ghost", type: "button", text: "More like this", onclick: () => similar(id) }));
   box.classList.remove("hidden");
   $(".library-layout").classList.add("with-details");
 }
@@ -665,6 +684,7 @@ function init() {
   $("#search-button").addEventListener("click", search);
   $("#search-input").addEventListener("keydown", (e) => { if (e.key === "Enter") search(); });
   $("#dups-button").addEventListener("click", duplicates);
+  $("#browse-button").addEventListener("click", browse);
   showView(location.hash === "#library" ? "library" : "classify");
   pollHealth();
   setInterval(pollHealth, 10000);
