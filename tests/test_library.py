@@ -78,6 +78,9 @@ def test_rescan_add_change_touch_delete(tmp_path, models):
     with Store(tmp_path / "lib.db") as store:
         run_scan(store, photos, models, batch_size=4)
         before = {r["path"]: r for r in store.query("SELECT * FROM photos")}
+        clip_sha = models[1].sha256
+        cached = {k: store.vectors(k) for k in (clip_sha,)}  # read now: the re-scans update them
+        assert len(store.signatures().ids) == 6
         # nothing changed: nothing is decoded or run
         s = run_scan(store, photos, models)
         assert (s.total, s.skipped) == (0, 6)
@@ -96,6 +99,14 @@ def test_rescan_add_change_touch_delete(tmp_path, models):
         assert after[str(paths[2])]["mtime"] != before[str(paths[2])]["mtime"]
         assert after[str(paths[2])]["scanned_at"] == before[str(paths[2])]["scanned_at"]  # not re-run
         assert _counts(store)["photo_models"] == 12  # every photo has both models, no leftovers
+        # the cached matrices were kept current (not re-read) and equal a fresh read
+        with Store(tmp_path / "lib.db") as fresh:
+            for got, want in ((store.vectors(clip_sha), fresh.vectors(clip_sha)),
+                              (store.signatures(), fresh.signatures())):
+                o1, o2 = np.argsort(got.ids), np.argsort(want.ids)
+                assert got.ids[o1].tolist() == want.ids[o2].tolist() and len(want.ids) == 6
+                np.testing.assert_array_equal(got.matrix[o1], want.matrix[o2])
+        assert cached[clip_sha] is not store.vectors(clip_sha)
         assert store.query("SELECT COUNT(*) AS n FROM tags WHERE photo_id NOT IN (SELECT id FROM photos)")[0]["n"] == 0
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import EdgeInferError
 
 SCHEMA_VERSION = 1
+SIGNATURES = "signature"  # cache key of the perceptual signatures
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -156,9 +157,13 @@ class Store:
                              f"writable and not on a network file system (SQLite WAL needs local "
                              f"file locking).") from e
         self._lock = threading.RLock()
-        self._version = 0                 # bumped by every write; invalidates cached matrices
-        self._vectors: dict[str, tuple[int, VectorSet]] = {}
-        self._signatures: tuple[int, VectorSet] | None = None
+        self._version = 0                 # bumped by every write
+        # cached matrices (model sha256 or SIGNATURES -> VectorSet) and the changes written since
+        # they were read: a search during a scan applies a batch's rows instead of re-reading
+        # 100k vectors. Writes through write_results / delete_photos are logged; anything else
+        # that changes embeddings or signatures must call invalidate_vectors().
+        self._vectors: dict[str, VectorSet] = {}
+        self._pending: dict[str, list] = {}
 
     # ------------------------------------------------------------------ basics
     def close(self) -> None:
@@ -228,6 +233,15 @@ class Store:
     def models(self) -> list[dict]:
         return self.query("SELECT * FROM models ORDER BY added_at")
 
+    def invalidate_vectors(self) -> None:
+        with self._lock:
+            self._vectors.clear()
+            self._pending.clear()
+
+    def _log(self, key: str, op: str, ids, mat=None) -> None:
+        if key in self._vectors:
+            self._pending.setdefault(key, []).append((op, ids, mat))
+
     def drop_stale_models(self, keep: Iterable[str]) -> int:
         """Forget models (and everything they produced) whose sha256 is not in ``keep``, for a
         model of the same name and kind that was replaced by a new artifact version."""
@@ -239,6 +253,7 @@ class Store:
             with self.transaction() as db:
                 for s in stale:
                     db.execute("DELETE FROM models WHERE sha256 = ?", (s,))
+            self.invalidate_vectors()
         return len(stale)
 
     # ------------------------------------------------------------------ photos
@@ -272,6 +287,8 @@ class Store:
             return 0
         with self.transaction() as db:
             db.executemany("DELETE FROM photos WHERE id = ?", [(int(i),) for i in ids])
+            for key in list(self._vectors):
+                self._log(key, "del", [int(i) for i in ids])
         return len(ids)
 
     def write_results(self, results: Sequence[PhotoResult]) -> list[int]:
@@ -283,6 +300,7 @@ class Store:
         if not results:
             return ids
         now = time.time()
+        log: list[tuple[str, str, list, Any]] = []   # applied to the cached matrices on commit
         with self.transaction() as db:
             for r in results:
                 sig = None if r.signature is None else np.asarray(r.signature, np.float32).tobytes()
@@ -299,10 +317,16 @@ class Store:
                         db.execute("DELETE FROM photo_models WHERE photo_id = ?", (pid,))
                         db.execute("DELETE FROM tags WHERE photo_id = ?", (pid,))
                         db.execute("DELETE FROM embeddings WHERE photo_id = ?", (pid,))
+                        log.extend((k, "del", [pid], None) for k in self._vectors)
+                    # a result always comes from a fresh decode: its signature (None when the
+                    # photo could not be read) replaces the old one
                     db.execute("UPDATE photos SET size=?, mtime=?, sha256=?, width=COALESCE(?, width), "
-                               "height=COALESCE(?, height), signature=COALESCE(?, signature), error=?, "
+                               "height=COALESCE(?, height), signature=?, error=?, "
                                "scanned_at=? WHERE id=?",
                                (r.size, r.mtime, r.sha256, r.width, r.height, sig, r.error, now, pid))
+                log.append((SIGNATURES, "del", [pid], None))
+                if r.signature is not None:
+                    log.append((SIGNATURES, "add", [pid], np.asarray(r.signature, np.float32)[None]))
                 ids.append(pid)
                 for msha, out in r.outputs.items():
                     db.execute("DELETE FROM tags WHERE photo_id = ? AND model_sha256 = ?", (pid, msha))
@@ -312,12 +336,18 @@ class Store:
                                        "VALUES (?, ?, ?, ?, ?)",
                                        [(pid, msha, k, str(lab), float(s))
                                         for k, (lab, s) in enumerate(out["tags"])])
+                    log.append((msha, "del", [pid], None))
                     if "embedding" in out:
                         v = np.asarray(out["embedding"], np.float32).astype(self.embedding_dtype)
                         db.execute("INSERT INTO embeddings(photo_id, model_sha256, dtype, vector) "
                                    "VALUES (?, ?, ?, ?)", (pid, msha, self.embedding_dtype, v.tobytes()))
+                        log.append((msha, "add", [pid], v.astype(np.float32)[None]))
                     db.execute("INSERT OR REPLACE INTO photo_models(photo_id, model_sha256, error) "
                                "VALUES (?, ?, ?)", (pid, msha, out.get("error")))
+            # still under the lock, and only reached when every statement succeeded (a failed
+            # batch rolls back and logs nothing)
+            for key, op, pids, mat in log:
+                self._log(key, op, pids, mat)
         return ids
 
     def photo(self, photo_id: int) -> dict | None:
@@ -363,27 +393,57 @@ class Store:
 
     # ------------------------------------------------------------------ vectors (cached)
     def vectors(self, model_sha256: str) -> VectorSet:
-        """All embeddings of one model as one float32 matrix, cached until the next write."""
+        """All embeddings of one model as one float32 matrix: read once, then kept current by
+        applying what write_results / delete_photos changed (not re-read after every batch)."""
         with self._lock:
-            hit = self._vectors.get(model_sha256)
-            if hit is not None and hit[0] == self._version:
-                return hit[1]
+            if model_sha256 in self._vectors:
+                return self._apply_pending(model_sha256)
             rows = self._conn().execute(
                 "SELECT photo_id, dtype, vector FROM embeddings WHERE model_sha256 = ? ORDER BY photo_id",
                 (model_sha256,)).fetchall()
             vs = _stack(model_sha256, rows)
-            self._vectors[model_sha256] = (self._version, vs)
+            self._vectors[model_sha256] = vs
+            self._pending.pop(model_sha256, None)
             return vs
 
     def signatures(self) -> VectorSet:
+        """The perceptual signatures of all readable photos (cached like ``vectors``)."""
         with self._lock:
-            if self._signatures is not None and self._signatures[0] == self._version:
-                return self._signatures[1]
+            if SIGNATURES in self._vectors:
+                return self._apply_pending(SIGNATURES)
             rows = self._conn().execute("SELECT id, 'float32', signature FROM photos "
                                         "WHERE signature IS NOT NULL ORDER BY id").fetchall()
-            vs = _stack("signature", rows)
-            self._signatures = (self._version, vs)
+            vs = _stack(SIGNATURES, rows)
+            self._vectors[SIGNATURES] = vs
+            self._pending.pop(SIGNATURES, None)
             return vs
+
+    def _apply_pending(self, key: str) -> VectorSet:
+        vs = self._vectors[key]
+        ops = self._pending.pop(key, None)
+        if not ops:
+            return vs
+        # coalesce: every touched id leaves the cached rows; its last "add" (if any) comes back
+        removed: set[int] = set()
+        added: dict[int, np.ndarray] = {}
+        for op, pids, mat in ops:
+            for k, pid in enumerate(pids):
+                removed.add(pid)
+                if op == "add":
+                    added[pid] = mat[k]
+                else:
+                    added.pop(pid, None)
+        keep = ~np.isin(vs.ids, np.fromiter(removed, np.int64, len(removed))) if len(vs.ids) else None
+        ids = vs.ids[keep] if keep is not None else vs.ids
+        mat = vs.matrix[keep] if keep is not None else vs.matrix
+        if added:
+            new_ids = np.fromiter(added, np.int64, len(added))
+            new_mat = np.stack(list(added.values())).astype(np.float32)
+            ids = np.concatenate([ids, new_ids])
+            mat = new_mat if mat.size == 0 else np.concatenate([mat, new_mat])
+        out = VectorSet(key, ids, mat)
+        self._vectors[key] = out
+        return out
 
     def embedding(self, photo_id: int, model_sha256: str) -> np.ndarray | None:
         rows = self.query("SELECT dtype, vector FROM embeddings WHERE photo_id = ? AND model_sha256 = ?",
@@ -394,6 +454,7 @@ class Store:
 
     def add_embeddings(self, model_sha256: str, ids: Sequence[int], matrix: np.ndarray) -> None:
         """Bulk insert (benchmarks / imports): rows for existing photo ids."""
+        self.invalidate_vectors()
         m = np.asarray(matrix, np.float32).astype(self.embedding_dtype)
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO embeddings(photo_id, model_sha256, dtype, vector) "
