@@ -336,6 +336,15 @@ def test_library_rescan_search_similar_duplicates(tmp_path, arts):
         import io
         assert max(Image.open(io.BytesIO(t.content)).size) == 64
         assert 'edgeinfer_library_photos 8.0' in c.get("/metrics").text
+        # a file deleted since the scan: its thumbnail says so (404), the record stays until a re-scan
+        paths[0].unlink()
+        r = c.get(f"/v1/photos/{photos['img000.jpg']}/thumbnail")
+        assert r.status_code == 404 and "gone" in r.json()["error"]
+        # a second scan request for the same folder while one is pending returns the same job
+        j1 = c.post("/v1/library/scan", json={"path": str(root)}).json()["job"]
+        j2 = c.post("/v1/library/scan", json={"path": str(root)}).json()["job"]
+        assert j1 == j2 or c.get(f"/v1/library/jobs/{j1}").json()["state"] == "done"
+        assert _wait_job(c, j2)["deleted"] in (0, 1)
 
 
 def test_serve_app_is_torch_free(tmp_path, arts):

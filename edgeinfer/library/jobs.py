@@ -34,6 +34,12 @@ class JobRunner:
         self._thread.start()
 
     def submit(self, path: str) -> str:
+        """Queue a scan of ``path``; a scan of the same path that has not started yet (or is
+        running) is returned instead of queueing a second one (bounded: one per path)."""
+        with self._lock:
+            for j in self._jobs.values():
+                if j["path"] == str(path) and j["state"] in ("queued", "running"):
+                    return j["id"]
         jid = uuid.uuid4().hex[:12]
         job = {"id": jid, "kind": "scan", "path": str(path), "state": "queued", "done": 0, "total": 0,
                "failed": 0, "skipped": 0, "deleted": 0, "started_at": None, "finished_at": None,

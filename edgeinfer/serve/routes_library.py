@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from functools import lru_cache
 from typing import Optional
@@ -229,6 +230,9 @@ async def thumbnail(request: Request, photo_id: int, size: int = Query(256, ge=3
     p = st.store.photo(photo_id)
     if p is None:
         raise ApiError(404, f"unknown photo {photo_id}")
+    if not os.path.isfile(p["path"]):
+        raise ApiError(404, f"the file of photo {photo_id} ({p['path']}) is gone; scan its folder "
+                            f"again to drop it from the library")
     try:
         data = await run_blocking(request, _thumbnail, p["path"], p["mtime"], size)
     except EdgeInferError as e:
