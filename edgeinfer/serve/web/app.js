@@ -685,7 +685,9 @@ function init() {
   $("#search-input").addEventListener("keydown", (e) => { if (e.key === "Enter") search(); });
   $("#dups-button").addEventListener("click", duplicates);
   $("#browse-button").addEventListener("click", browse);
-  showView(location.hash === "#library" ? "library" : "classify");
+  const viewFromHash = () => showView(location.hash === "#library" ? "library" : "classify");
+  window.addEventListener("hashchange", viewFromHash);  // links and back/forward between the tabs
+  viewFromHash();
   pollHealth();
   setInterval(pollHealth, 10000);
   loadModels();
