@@ -97,7 +97,7 @@ def test_extreme_shapes_are_bounded_in_memory_and_time(model):
         assert rec["outcome"] in ("ok", "failure"), (name, rec)
         if rec["grew_mb"] is not None:
             assert rec["grew_mb"] < R.RSS_LIMIT_MB, (name, rec)
-        assert rec["seconds"] < limit_s, (name, rec)
+        assert rec["seconds"] < limit_s and rec["cpu_seconds"] < R.TIME_LIMIT_S, (name, rec)
     expect_refused = {"png 1x40000": "aspect ratio", "png 2x44000000": "aspect ratio",
                       "png header 2x44000000": "aspect ratio", "png header 0x0": "",
                       "png header 65535x65535": "decompression"}
@@ -298,4 +298,5 @@ def test_full_mutation_run_10000_inputs(tmp_path):
     s = R.summarize(recs)
     assert s["inputs"] == 10000 and s["uncaught"] == 0 and s["crash"] == 0, s["uncaught_examples"]
     assert s["over_rss_limit"] == 0, s["worst_memory"]
+    assert s["max_cpu_seconds"] < R.TIME_LIMIT_S, s["worst_time"]
     assert s["max_seconds"] < _time_limit(), s["worst_time"]
