@@ -109,29 +109,40 @@ def part_transfer(work: Path, out: Path, a) -> dict:
     x, y = digits()
     lo = y < 5
     src = write_csv(work / "digits_0_4.csv", x[lo], y[lo], words=True)
-    # trained in the work folder (its weights must survive until the draws are done), the
-    # report is copied to the results afterwards
-    base = run_finetune(work / "source_0_4", model="simple_cnn", data=src,
-                        weights="random", strategy="full", epochs=a.epochs_full, batch_size=32,
-                        lr=3e-3, val_split=0.2, seed=0, threads=a.threads)
-    shutil.copytree(work / "source_0_4", out / "transfer" / "source_0_4", dirs_exist_ok=True,
+    if a.source_weights:  # reuse a source model trained by an earlier run of this part
+        wfile = Path(a.source_weights)
+        base = json.loads((wfile.parent / "train_report.json").read_text())
+    else:
+        # trained in the work folder (its weights must survive until the draws are done), the
+        # report is copied to the results afterwards
+        base = run_finetune(work / "source_0_4", model="simple_cnn", data=src,
+                            weights="random", strategy="full", epochs=a.epochs_full, batch_size=32,
+                            lr=3e-3, val_split=0.2, seed=0, threads=a.threads)
+        wfile = work / "source_0_4" / "weights.safetensors"
+    shutil.copytree(wfile.parent, out / "transfer" / "source_0_4", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("*.safetensors"))
-    wfile = work / "source_0_4" / "weights.safetensors"
     hi = np.flatnonzero(y >= 5)
     rows: dict[str, list] = {"head": [], "partial": [], "full_scratch": []}
     for draw in range(a.draws):
         rng = np.random.default_rng(100 + draw)
         few = np.concatenate([rng.permutation(hi[y[hi] == c])[:a.shots] for c in range(5, 10)])
         rest = np.setdiff1d(hi, few)
+        # the test set: up to --test-per-class of every other 5-9 image (validation runs every
+        # epoch, so its size is most of the cost of the few-shot runs)
+        rest = np.concatenate([rng.permutation(rest[y[rest] == c])[:a.test_per_class]
+                               for c in range(5, 10)])
         tr = write_csv(work / f"five_nine_train_{draw}.csv", x[few], y[few], words=True)
         te = write_csv(work / f"five_nine_test_{draw}.csv", x[rest], y[rest], words=True)
         common = dict(model="simple_cnn", data=tr, val_data=te, epochs=a.epochs_few, batch_size=10,
-                      lr=3e-3, seed=draw, threads=a.threads)
-        for name, kw in (("head", {"weights": str(wfile), "strategy": "head"}),
-                         ("partial", {"weights": str(wfile), "strategy": "partial", "unfreeze": 1}),
-                         ("full_scratch", {"weights": "random", "strategy": "full"})):
+                      seed=draw, threads=a.threads)
+        # a linear head on frozen features takes a larger step size than a network (the usual
+        # linear-probe setting); partial and scratch share theirs
+        for name, kw in (("head", {"weights": str(wfile), "strategy": "head", "lr": a.head_lr}),
+                         ("partial", {"weights": str(wfile), "strategy": "partial", "unfreeze": 1,
+                                      "lr": 3e-3}),
+                         ("full_scratch", {"weights": "random", "strategy": "full", "lr": 3e-3})):
             r = run_finetune(out / "transfer" / f"{name}_draw{draw}", **common, **kw)
-            rows[name].append({"draw": draw, "accuracy": r["summary"]["accuracy"],
+            rows[name].append({"draw": draw, "lr": kw["lr"], "accuracy": r["summary"]["accuracy"],
                                "f1": r["summary"]["f1"], "mcc": r["summary"]["mcc"],
                                "auc": r["summary"]["auc"], "train_images": len(few),
                                "test_images": len(rest), "wall_s": r["_wall_s"],
@@ -147,6 +158,8 @@ def part_transfer(work: Path, out: Path, a) -> dict:
                              "val_accuracy": base["summary"]["accuracy"],
                              "report": "transfer/source_0_4/train_report.html"},
             "shots_per_class": a.shots, "draws": a.draws, "epochs": a.epochs_few,
+            "lr": {"head": a.head_lr, "partial": 3e-3, "full_scratch": 3e-3},
+            "test_images": int(len(rest)),
             "results": summ,
             "transfer_gain_points": {
                 "head_vs_scratch": round((summ["head"]["accuracy_mean"] - summ["full_scratch"]["accuracy_mean"]) * 100, 2),
@@ -285,8 +298,9 @@ def markdown(res: dict) -> str:
               f"Source model: simple_cnn trained from scratch on digits 0-4 ({t['source_model']['images']} "
               f"images, hold-out accuracy {t['source_model']['val_accuracy'] * 100:.2f} %). Then "
               f"{t['shots_per_class']} examples of each of 5-9 ({t['shots_per_class'] * 5} images) train "
-              f"{t['epochs']} epochs; every other 5-9 image is the test set. {t['draws']} random draws "
-              f"of the examples (mean ± std).", "",
+              f"{t['epochs']} epochs (lr: head {t['lr']['head']}, partial and scratch "
+              f"{t['lr']['partial']}); {t['test_images']} other 5-9 images are the test set. "
+              f"{t['draws']} random draws of the examples (mean ± std).", "",
               "| strategy | trainable params | test accuracy | macro F1 | MCC |", "|---|---|---|---|---|"]
         names = {"head": "head (from 0-4 model, cached features)", "partial": "partial (last block + head, from 0-4 model)",
                  "full_scratch": "full from scratch (random init)"}
@@ -334,7 +348,11 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy shared machine)")
     ap.add_argument("--epochs-full", type=int, default=12)
-    ap.add_argument("--epochs-few", type=int, default=40)
+    ap.add_argument("--epochs-few", type=int, default=30)
+    ap.add_argument("--head-lr", type=float, default=0.01, help="learning rate of the head strategy")
+    ap.add_argument("--test-per-class", type=int, default=60, help="transfer test images per class")
+    ap.add_argument("--source-weights", default=None,
+                    help="transfer: reuse a 0-4 model (weights.safetensors with its train_report.json)")
     ap.add_argument("--epochs-folds", type=int, default=3)
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--draws", type=int, default=3)
