@@ -300,6 +300,9 @@ def write_report(results: dict, out: Path) -> None:
                 lines.append(f"| {name} | {prec} | {side} | {s['cold_cache_s']:.2f} | {s['warm_cache_s']:.2f} | "
                              f"{lt['per_image_ms_median']:.1f} | {lt['per_image_ms_p90']:.1f} | {lt['peak_rss_mb']:.0f} | "
                              f"{lt['load'][0]} |")
+    lines += ["", "Per model: the command and the load average when it was measured:", ""]
+    lines += [f"- {name}: `{mr.get('command', r['command'])}` (load {mr.get('load_start', r['load_start'])})"
+              for name, mr in r["models"].items()]
     d = r.get("decoder")
     if d:
         lines += ["", "## Decoder differences", "",
@@ -330,6 +333,9 @@ def main(argv=None) -> int:
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--decoder", action="store_true", help="re-measure the decoder differences")
+    ap.add_argument("--fresh", action="store_true",
+                    help="drop the models of an earlier results file (default: keep those not re-run)")
     args = ap.parse_args(argv)
 
     photos_dir = Path(args.photos)
@@ -340,9 +346,18 @@ def main(argv=None) -> int:
     results = {"command": "python benchmarks/native_vs_python.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": machine(), "load_start": load(), "repeats": args.repeats, "photos": len(photos),
                "binary": str(binary), "models": {}}
+    previous = Path(args.out) / "native_vs_python.json"
+    if previous.is_file() and not args.fresh:
+        # runs per model (the machine is shared and slow): keep the other models' results, each with
+        # the command and load average it was measured with
+        old = json.loads(previous.read_text())
+        results["models"] = {k: v for k, v in old.get("models", {}).items() if k not in models}
+        if "decoder" in old:
+            results["decoder"] = old["decoder"]
     for name in models:
         art = ensure_artifact(name, Path(args.artifacts), photos=photos_dir)
-        mr = {"artifact": str(art), "fidelity": [], "timing": {}}
+        mr = {"artifact": str(art), "command": results["command"], "load_start": load(), "fidelity": [],
+              "timing": {}}
         for prec in args.precisions.split(","):
             mr["fidelity"].append(compare_fidelity(binary, art, photos, precision=prec))
             print(name, mr["fidelity"][-1], file=sys.stderr)
@@ -352,8 +367,9 @@ def main(argv=None) -> int:
                 print(name, prec, mr["timing"][prec], file=sys.stderr)
         results["models"][name] = mr
         write_report({**results, "load_end": load()}, Path(args.out))  # partial results survive a crash
-    with tempfile.TemporaryDirectory() as tmp:
-        results["decoder"] = decoder_difference(binary, photos[:8], Path(tmp))
+    if args.decoder or "decoder" not in results:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["decoder"] = decoder_difference(binary, photos[:8], Path(tmp))
     results["load_end"] = load()
     write_report(results, Path(args.out))
     print(f"wrote {args.out}/native_vs_python.md", file=sys.stderr)

@@ -138,5 +138,5 @@ def run(args) -> int:
     lib = sorted(binary.parent.glob("libedgeinfer.so*"))
     print(f"built {binary.name} and {lib[0].name if lib else 'libedgeinfer'} in {binary.parent}; "
           f"C header: {source_dir(args.source) / 'native' / 'include' / 'edgeinfer.h'}", file=sys.stderr)
-    print(binary)
+    print(binary.resolve())
     return 0
