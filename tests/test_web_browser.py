@@ -42,6 +42,7 @@ webdriver = pytest.importorskip("selenium.webdriver",
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.photos  # the page is driven with real photos (skips without them)
@@ -225,8 +226,7 @@ def test_token_is_asked_once_and_kept(server, browser, shots):
     dialog = wait(browser, lambda d: d.find_element(By.ID, "token-dialog").get_attribute("open") is not None
                   and d.find_element(By.ID, "token-dialog"), "the token dialog after a 401")
     snap(browser, shots, "01_token")
-    dialog.find_element(By.ID, "token-input").send_keys(TOKEN)
-    dialog.find_element(By.ID, "token-save").click()
+    dialog.find_element(By.ID, "token-input").send_keys(TOKEN + Keys.ENTER)  # Enter saves (not "Forget")
     wait(browser, label_sets_loaded, "the label sets")
     assert browser.execute_script("return sessionStorage.getItem('edgeinfer.token')") == TOKEN
     # Kept for the tab: a reload does not ask again.

@@ -119,10 +119,12 @@ function askToken() {
   const d = $("#token-dialog");
   if (d.open) return;
   $("#token-input").value = sessionStorage.getItem(TOKEN_KEY) || "";
+  d.returnValue = "";  // Esc must not repeat the last choice
   d.showModal();
 }
 function initToken() {
   $("#token-button").addEventListener("click", askToken);
+  $("#token-clear").addEventListener("click", () => $("#token-dialog").close("clear"));
   $("#token-dialog").addEventListener("close", () => {
     const v = $("#token-dialog").returnValue;
     if (v === "save" && $("#token-input").value.trim()) sessionStorage.setItem(TOKEN_KEY, $("#token-input").value.trim());
@@ -155,8 +157,8 @@ async function pollHealth() {
       if (!state.models.length) loadModels();  // the server came back after a start without it
     }
   } catch (e) {
-    setStatus("err", "server down");
-    showGlobal(e.message, "down");
+    // Unreachable is said by api(); an answer that is an error is not "down".
+    if (e.status !== 0) setStatus("err", `health: HTTP ${e.status}`);
   }
 }
 function showGlobal(msg, kind = "") {
@@ -457,7 +459,7 @@ function setScanProgress(j, startedAt) {
   if (j.failed) parts.push(`${j.failed} unreadable`);
   if (j.skipped) parts.push(`${j.skipped} unchanged`);
   if (j.deleted) parts.push(`${j.deleted} removed`);
-  if (finished) parts.push(`${j.state} in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+  if (finished) parts.push(`${j.state} in ${Number(j.elapsed_s ?? (Date.now() - startedAt) / 1000).toFixed(1)} s`);
   $("#scan-text").textContent = parts.join(" · ");
   $("#scan-progress").dataset.state = finished ? "finished" : "running";
   return finished;
@@ -495,7 +497,9 @@ async function loadThumb(img, id) {
   try {
     const res = await api(`/v1/photos/${encodeURIComponent(id)}/thumbnail`, { raw: true });
     // <img src> cannot send a bearer token, so thumbnails are fetched and shown as blob URLs.
-    img.src = URL.createObjectURL(await res.blob());
+    const url = URL.createObjectURL(await res.blob());
+    img.onload = () => URL.revokeObjectURL(url);  // the decoded picture stays; the blob need not
+    img.src = url;
   } catch (e) {
     img.alt = "no thumbnail";
     img.title = e.message;
