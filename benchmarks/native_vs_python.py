@@ -137,7 +137,8 @@ print(json.dumps({"per_image_ms": per, "wall_s": wall}), flush=True)
 
 
 def time_to_first_line(cmd: list[str], env: dict) -> tuple[float, int]:
-    """Seconds from process start to its first stdout line; and its peak RSS (KB)."""
+    """Seconds from process start to its first stdout line; and its ru_maxrss (KB; inflated by this
+    process's own RSS, see run_measured, so not reported)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = p.stdout.readline()
@@ -147,6 +148,18 @@ def time_to_first_line(cmd: list[str], env: dict) -> tuple[float, int]:
     if not line or os.waitstatus_to_exitcode(status) not in (0, 3):
         raise RuntimeError(f"{cmd[0]} failed")
     return dt, ru.ru_maxrss
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[str, int]:
+    """(stdout, peak RSS in KB) of a command. The RSS comes from GNU time, which forks the command
+    from its own small process: a child forked from this (large) Python process would report at
+    least this process's RSS as its ru_maxrss (Linux carries the pre-exec high-water mark over)."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "EDGEINFER_MAXRSS_KB=%M", *cmd], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    kb = [line.split("=", 1)[1] for line in proc.stderr.splitlines() if line.startswith("EDGEINFER_MAXRSS_KB=")]
+    return proc.stdout, int(kb[-1])
 
 
 def start_to_first_result(binary: Path, art: Path, photo: Path, precision: str, repeats: int) -> dict:
@@ -175,10 +188,7 @@ def latency_and_rss(binary: Path, art: Path, photos: list, precision: str) -> di
                        capture_output=True)  # fill the model cache: both sides then start warm
         # native: one photo at a time is what its per-image fields measure (decode+preprocess+infer)
         t0 = time.perf_counter()
-        p = subprocess.Popen([str(binary), str(art), *map(str, photos), "--json", "--precision", precision],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        out = p.stdout.read()
-        _, _, ru = os.wait4(p.pid, 0)
+        out, rss = run_measured([str(binary), str(art), *map(str, photos), "--json", "--precision", precision], env)
         native_wall = time.perf_counter() - t0
         rows = [json.loads(x) for x in out.splitlines()[1:]]
         nat_ms = [r["ms"]["decode"] + r["ms"]["preprocess"] + r["ms"]["infer"] for r in rows]
@@ -186,18 +196,15 @@ def latency_and_rss(binary: Path, art: Path, photos: list, precision: str) -> di
         native = {"per_image_ms_median": statistics.median(nat_ms),
                   "per_image_ms_p90": float(np.percentile(nat_ms, 90)),
                   "infer_ms_median": statistics.median(nat_infer),
-                  "all_photos_process_wall_s": native_wall, "peak_rss_mb": ru.ru_maxrss / 1024, "load": load()}
+                  "all_photos_process_wall_s": native_wall, "peak_rss_mb": rss / 1024, "load": load()}
         t0 = time.perf_counter()
-        p = subprocess.Popen([PY, "-c", PY_ALL, str(art), precision, *map(str, photos)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env)
-        out = p.stdout.read()
-        _, _, ru = os.wait4(p.pid, 0)
+        out, rss = run_measured([PY, "-c", PY_ALL, str(art), precision, *map(str, photos)], env)
         res = json.loads(out.strip().splitlines()[-1])
         python = {"per_image_ms_median": statistics.median(res["per_image_ms"]),
                   "per_image_ms_p90": float(np.percentile(res["per_image_ms"], 90)),
                   "all_photos_in_process_wall_s": res["wall_s"],
                   "process_wall_s_incl_twice_over_photos": time.perf_counter() - t0,
-                  "peak_rss_mb": ru.ru_maxrss / 1024, "load": load()}
+                  "peak_rss_mb": rss / 1024, "load": load()}
     return {"native": native, "python": python}
 
 
@@ -298,7 +305,8 @@ def write_report(results: dict, out: Path) -> None:
             for side in ("native", "python"):
                 s, lt = t["start"][side], t["latency"][side]
                 lines.append(f"| {name} | {prec} | {side} | {s['cold_cache_s']:.2f} | {s['warm_cache_s']:.2f} | "
-                             f"{lt['per_image_ms_median']:.1f} | {lt['per_image_ms_p90']:.1f} | {lt['peak_rss_mb']:.0f} | "
+                             f"{lt['per_image_ms_median']:.1f} | {lt['per_image_ms_p90']:.1f} | "
+                             f"{'n/a' if lt['peak_rss_mb'] is None else format(lt['peak_rss_mb'], '.0f')} | "
                              f"{lt['load'][0]} |")
     lines += ["", "Per model: the command and the load average when it was measured:", ""]
     lines += [f"- {name}: `{mr.get('command', r['command'])}` (load {mr.get('load_start', r['load_start'])})"
