@@ -32,11 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog", "a cat on a sofa", "people at the beach", "a red car", "a bird in a tree",
            "food on a plate", "a mountain lake", "a receipt", "a screenshot", "flowers"]
-MIX = [("classify", 0.35), ("zero-shot", 0.2), ("embed", 0.2), ("search", 0.25)]
 
 
 def start_server(args, lib: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "serve", args.classifier, args.clip, "--port", "0",
+    arts = [a for a in (args.classifier, args.clip) if a]
+    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "serve", *arts, "--port", "0",
+           *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
            "--library", str(lib), "--library-root", str(root), "--provider", args.provider,
            "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", str(args.max_queue),
            "--log-level", "warning"]
@@ -78,7 +79,7 @@ async def run_load(args, url: str, token_headers: dict, good, corrupt, oversized
     for i in range(args.requests):
         r = rng.random()
         acc = 0.0
-        for route, w in MIX:
+        for route, w in args.mix:
             acc += w
             if r <= acc:
                 break
@@ -157,7 +158,10 @@ def pct(xs, q):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifier", required=True)
-    ap.add_argument("--clip", required=True)
+    ap.add_argument("--clip", default=None, help="CLIP artifact (needed unless --mix has only classify)")
+    ap.add_argument("--mix", default="classify=0.35,zero-shot=0.2,embed=0.2,search=0.25",
+                    help="route=share,... (routes: classify, zero-shot, embed, search)")
+    ap.add_argument("--max-batch", type=int, default=None, help="the server's --max-batch (default: its default)")
     ap.add_argument("--photos", default=str(REPO.parent / "shared" / "data" / "photos"))
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=2000)
@@ -168,6 +172,11 @@ def main(argv=None) -> int:
     ap.add_argument("--provider", default="auto")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "service_load"))
     args = ap.parse_args(argv)
+    args.mix = [(k.strip(), float(v)) for k, v in (x.split("=") for x in args.mix.split(","))]
+    tot = sum(w for _, w in args.mix)
+    args.mix = [(k, w / tot) for k, w in args.mix]
+    if any(k != "classify" for k, _ in args.mix) and not args.clip:
+        ap.error("--clip is needed for zero-shot / embed / search")
 
     import httpx
     import psutil
@@ -189,11 +198,13 @@ def main(argv=None) -> int:
                 except httpx.ConnectError:
                     time.sleep(0.2)
             t = time.perf_counter()
-            jid = c.post("/v1/library/scan", json={"path": str(root)}).json()["job"]
-            while (j := c.get(f"/v1/library/jobs/{jid}").json())["state"] not in ("done", "failed"):
-                time.sleep(0.5)
-            scan_s = time.perf_counter() - t
-            print(f"library scan of {j['done']} photos: {scan_s:.1f} s", flush=True)
+            scan_s = None
+            if any(k == "search" for k, _ in args.mix):  # search needs a library
+                jid = c.post("/v1/library/scan", json={"path": str(root)}).json()["job"]
+                while (j := c.get(f"/v1/library/jobs/{jid}").json())["state"] not in ("done", "failed"):
+                    time.sleep(0.5)
+                scan_s = time.perf_counter() - t
+                print(f"library scan of {j['done']} photos: {scan_s:.1f} s", flush=True)
         good, corrupt, oversized = make_payloads(photos, args.max_upload_mb)
         rss_start = psutil.Process(proc.pid).memory_info().rss / 2**20
         load["before_load"] = tuple(round(x, 2) for x in os.getloadavg())
@@ -231,7 +242,8 @@ def main(argv=None) -> int:
                       "max_last_half": round(max(last), 1) if last else None,
                       "growth_last_vs_first": round(growth, 4)},
            "mean_engine_batch": {m: round(d["sum"] / d["count"], 2) for m, d in bstats.items() if d.get("count")},
-           "models": health["models"], "library_scan_s": round(scan_s, 1), "server_exit_code": exit_code,
+           "models": health["models"], "library_scan_s": scan_s and round(scan_s, 1), "max_batch": args.max_batch,
+           "mix": dict(args.mix), "server_exit_code": exit_code,
            "loadavg": load, "cpu_count": os.cpu_count(), "python": platform.python_version()}
     try:
         from edgeinfer.bench.fingerprint import machine_fingerprint
@@ -251,11 +263,11 @@ def main(argv=None) -> int:
 `{res['command']}`
 
 {args.clients} concurrent clients x {args.requests} requests against a real `edgeinfer serve` (uvicorn)
-on 127.0.0.1; mix: classify 35%, zero-shot 20%, embed 20%, text search 25%; {args.bad:.0%} of the
+on 127.0.0.1; mix: {', '.join(f'{k} {w:.0%}' for k, w in args.mix)}; {args.bad:.0%} of the
 requests carry a corrupt image (truncated / random bytes / empty / text) or an oversized body
 (> --max-upload-mb; the bad share of searches posts a corrupt image to /v1/search/similar).
 Models: {models}; random weights (speed does not depend on them). Uploads: the shared
-ImageNet-size JPEGs. `--batch-wait-ms {args.batch_wait_ms:g}`, `--max-queue {args.max_queue}`.
+ImageNet-size JPEGs. `--batch-wait-ms {args.batch_wait_ms:g}`, `--max-batch {args.max_batch or 'default'}`, `--max-queue {args.max_queue}`.
 Machine: {cpu.get('model', platform.machine())}, {os.cpu_count()} logical CPUs. **Load average**
 (1/5/15 min) before the load {load['before_load']}, after {load['after_load']}: the machine was shared
 with other jobs while this ran, so latencies are pessimistic.

@@ -149,6 +149,7 @@ def test_health_models_and_page(tmp_path, arts):
         assert ms["tiny"]["labels"] == 10 and ms["clip_tiny"]["labels"] == {"cifar10": 10}
         assert ms["clip_tiny"]["label_sets"] == ["cifar10"] and ms["tiny"]["weights"] == "random"
         assert "accuracy_vs_fp32" in ms["tiny"]
+        assert ms["tiny"]["max_batch"] == 1  # CPU engine: no coalescing by default (measured)
         assert c.get("/").status_code == 200
         assert c.get("/docs").status_code == 200 and c.get("/openapi.json").json()["paths"]["/v1/classify"]
 

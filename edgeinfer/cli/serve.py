@@ -26,7 +26,9 @@ def add_parser(p) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=0.0,
                    help="wait this long to coalesce requests into one engine batch (default 0: only "
                         "requests already waiting are coalesced)")
-    p.add_argument("--max-batch", type=int, default=8, help="images per coalesced engine batch (default 8)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="images per coalesced engine batch (default: the runtime's batch size for the "
+                        "engine: 1 on CPU engines, where coalescing measured no gain, 16 on GPUs)")
     p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
     p.add_argument("--idle-unload-s", type=float, default=None,
                    help="unload a model after this many idle seconds (reloaded on the next request)")

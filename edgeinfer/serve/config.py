@@ -20,9 +20,11 @@ class ServeConfig:
     # admitted inference requests (running + waiting); above it: 503 + Retry-After
     max_queue: int = 64
     # coalescing: wait up to this long for more requests to the same model. 0: only requests
-    # already waiting are coalesced (no added latency). Measured in benchmarks/service_load.py.
+    # already waiting are coalesced (no added latency). max_batch None: the runtime's batch size
+    # for the engine (1 on CPU engines, 16 on GPUs): on a CPU coalescing bought no throughput and
+    # cost RSS (benchmarks/results/service_coalescing.md).
     batch_wait_ms: float = 0.0
-    max_batch: int = 8
+    max_batch: int | None = None
     lazy: bool = False
     idle_unload_s: float | None = None
     scan_batch: int = 16
@@ -36,7 +38,7 @@ class ServeConfig:
             raise InvalidOptionError(f"--max-upload-mb must be > 0 (got {self.max_upload_mb})")
         if self.max_queue < 1:
             raise InvalidOptionError(f"--max-queue must be >= 1 (got {self.max_queue})")
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise InvalidOptionError(f"--max-batch must be >= 1 (got {self.max_batch})")
         if self.batch_wait_ms < 0:
             raise InvalidOptionError(f"--batch-wait-ms must be >= 0 (got {self.batch_wait_ms})")

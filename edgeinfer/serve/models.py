@@ -4,7 +4,10 @@ Each served model owns one batcher thread. Requests put their preprocessed NCHW 
 model's queue; the thread takes the first, then whatever else is waiting (up to ``max_batch``
 images, waiting at most ``batch_wait_ms`` for more), runs ONE engine call and hands each request
 its rows. With ``batch_wait_ms=0`` nothing waits: only requests that are already queued are
-coalesced, which costs no latency (benchmarks/service_load.py measures both).
+coalesced, which costs no latency. ``max_batch`` defaults to the runtime's batch size for the
+engine (1 on CPU engines: no coalescing, 16 on GPUs): on the 2-core CPU, coalescing 16 clients'
+mobilevit_xxs requests into batches of ~8 gave the same throughput (3.9 vs 3.8 req/s) for 85%
+more RSS (347 vs 187 MB), benchmarks/results/service_coalescing.md.
 
 Inference itself is the runtime's (``Model.infer`` and the runtime's post-processing helpers);
 the service only decides when and with what batch it runs.
@@ -26,7 +29,7 @@ log = logging.getLogger("edgeinfer.serve")
 
 class ServedModel:
     def __init__(self, artifact_dir: str | Path, *, name: str | None = None, provider: str = "auto",
-                 precision: str = "auto", threads: int | None = None, max_batch: int = 8,
+                 precision: str = "auto", threads: int | None = None, max_batch: int | None = None,
                  batch_wait_ms: float = 0.0, metrics=None):
         from ..runtime.artifact import Artifact
 
@@ -37,7 +40,9 @@ class ServedModel:
             "classifier" if self.artifact.manifest.get("output", {}).get("kind", "logits") == "logits"
             else "embedding")
         self.provider_req, self.precision_req, self.threads = provider, precision, threads
-        self.max_batch, self.batch_wait = int(max_batch), float(batch_wait_ms) / 1000.0
+        # None: the runtime's batch size for the engine it picked (1 on CPU engines, 16 on GPUs)
+        self.max_batch_opt = None if max_batch is None else int(max_batch)
+        self.batch_wait = float(batch_wait_ms) / 1000.0
         self.metrics = metrics
         self._model = None
         self._lock = threading.Lock()
@@ -120,6 +125,13 @@ class ServedModel:
                 self._model.close()
                 self._model = None
 
+    @property
+    def max_batch(self) -> int:
+        if self.max_batch_opt is not None:
+            return self.max_batch_opt
+        m = self._model
+        return int(getattr(m, "batch_size", 1) or 1) if m is not None else 1
+
     # ------------------------------------------------------------ identity
     @property
     def selection(self):
@@ -165,7 +177,7 @@ class ServedModel:
                 "weights": "random" if a.random_weights else a.weights_origin,
                 "precisions": list(files), "accuracy_vs_fp32": acc,
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
-                "loads": self.loads, "unloads": self.unloads,
+                "loads": self.loads, "unloads": self.unloads, "max_batch": self.max_batch,
                 "input_size": a.preprocess.get("input_size")}
 
     # ------------------------------------------------------------ coalesced inference
