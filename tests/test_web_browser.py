@@ -4,8 +4,9 @@ process on 127.0.0.1 with a tiny CIFAR-10 classifier, a tiny CLIP model, a beare
 library root holding real photos. Each step saves a screenshot into $EDGEINFER_SCREENSHOTS (or a
 temporary folder, printed) so a person can look at what the browser showed.
 
-The tests run in file order and share one browser tab: token -> classify -> custom labels ->
-corrupt image -> too large -> library -> server down (which stops the server)."""
+The tests run in file order and share one browser tab: token -> classify -> drop + label sets ->
+wording -> custom labels -> corrupt image -> too large -> library -> duplicates -> server down
+(which stops the server). Neither the artifacts nor the server need torch."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image
+from test_library_fixtures import clip_artifact
 from test_runtime_helpers import tiny_artifact
 
 CHROMIUM = Path(os.environ.get("EDGEINFER_CHROMIUM", "/usr/bin/chromium"))
@@ -51,21 +53,6 @@ EDGEINFER = Path(sys.executable).with_name("edgeinfer")
 
 
 # ------------------------------------------------------------------ artifacts + server
-def _clip_artifact(out: Path) -> Path:
-    """The tiny open_clip config of test_clip.py, random weights, with the cifar10 label set."""
-    pytest.importorskip("torch")
-    pytest.importorskip("open_clip")
-    import open_clip
-
-    from edgeinfer.export.clip import build_clip
-    from test_clip import TINY, TINY_CFG, export_artifact, tiny_recipe
-
-    cfg = out.parent / f"{TINY}.json"
-    cfg.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(str(cfg))
-    return export_artifact(build_clip(tiny_recipe(), weights="random", seed=0), out)
-
-
 def _classifier_artifact(out: Path) -> Path:
     from edgeinfer.runtime.artifact import read_manifest, write_manifest
 
@@ -115,7 +102,8 @@ def library_root(tmp_path_factory, photo_paths) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, library_root):
     art = tmp_path_factory.mktemp("artifacts")
-    arts = [_classifier_artifact(art / "cifar10_tiny"), _clip_artifact(art / "clip_tiny")]
+    # The torch-free tiny CLIP of the library/serve tests: random towers, a stored cifar10 set.
+    arts = [_classifier_artifact(art / "cifar10_tiny"), clip_artifact(art)]
     port = _free_port()
     log = art / "serve.log"
     env = {**os.environ, "EDGEINFER_CACHE": str(art / "cache")}
@@ -283,14 +271,14 @@ def test_drag_and_drop_and_other_label_sets(browser, photo_paths):
     Select(browser.find_element(By.ID, "label-set")).select_by_value("imagenet")
     cs = wait(browser, answered("ImageNet"), "the ImageNet answers")
     by_model = {c.get_attribute("data-model"): c for c in cs}
-    assert "carries no “ImageNet” label set" in by_model["clip_tiny_test"].text
+    assert "carries no “ImageNet” label set" in by_model["clip_tiny"].text
     assert "No list of ImageNet names" in by_model["cifar10_tiny"].text
 
     Select(browser.find_element(By.ID, "label-set")).select_by_value("own")
     cs = wait(browser, answered("own labels"), "the answers with each model's own labels")
     by_model = {c.get_attribute("data-model"): c for c in cs}
     assert len(by_model["cifar10_tiny"].find_elements(By.CSS_SELECTOR, ".bar-row")) == 3
-    assert "no labels of its own" in by_model["clip_tiny_test"].text
+    assert "no labels of its own" in by_model["clip_tiny"].text
     Select(browser.find_element(By.ID, "label-set")).select_by_value("cifar10")  # as the next steps expect
     wait(browser, answered("CIFAR-10"), "the CIFAR-10 answers again")
 
