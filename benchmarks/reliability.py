@@ -375,6 +375,56 @@ def mutation_run(n: int, seed: int, workdir: Path, progress=print) -> list[dict]
     return [done[i] for i in sorted(done)]
 
 
+_KINDS = [("bit flips", "bit flips"), ("truncated", "truncation"), ("overwritten", "overwritten run"),
+          ("random bytes", "random bytes"), ("header", "header dimensions"),
+          ("refused format", "other format"), ("extreme", "extreme shape"), ("EXIF", "random EXIF"),
+          ("duplicated", "duplicated chunk"), ("valid", "valid")]
+
+
+def kind_of(desc: str) -> str:
+    if desc.startswith("extreme"):
+        return "extreme shape"
+    for needle, kind in _KINDS:
+        if needle in desc:
+            return kind
+    return "other"
+
+
+def by_kind(records: list[dict]) -> dict:
+    out: dict = {}
+    for rec in records:
+        c = out.setdefault(kind_of(rec["case"]), {"ok": 0, "failure": 0, "uncaught": 0, "crash": 0})
+        c[rec["outcome"]] += 1
+    return out
+
+
+def _fresh_worker(args) -> int:
+    """One extreme input in a fresh process (after one warm-up image, so the engine's own
+    allocations are not counted): the growth no allocator reuse can hide."""
+    model = tiny_model(Path(args.workdir))
+    classify_one(model, encode(base_image(random.Random(0)), "PNG"))
+    data = Path(args.jsonl).read_bytes()  # made by the parent: building it here would pre-grow us
+    print(json.dumps({"bytes": len(data), **classify_one(model, data)}))
+    return 0
+
+
+def extremes_fresh(workdir: Path, progress=print) -> list[dict]:
+    tiny_model(workdir).close()
+    out = []
+    for i, (name, data) in enumerate(extreme_inputs()):
+        f = workdir / "extreme.bin"
+        f.write_bytes(data)
+        p = subprocess.run([sys.executable, __file__, "--fresh-worker", "--jsonl", str(f),
+                            "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True)
+        if p.returncode != 0:
+            rec = {"case": name, "outcome": "crash", "error": p.stderr[-300:]}
+        else:
+            rec = {"case": name, **json.loads(p.stdout.strip().splitlines()[-1])}
+        out.append(rec)
+        progress(f"{name}: {rec.get('outcome')} {rec.get('grew_mb')} MB {rec.get('seconds')} s")
+    return out
+
+
 def summarize(records: list[dict]) -> dict:
     counts = {k: sum(r["outcome"] == k for r in records) for k in ("ok", "failure", "uncaught", "crash")}
     grew = [r["grew_mb"] for r in records if r.get("grew_mb") is not None]
@@ -552,7 +602,7 @@ def write_report(res: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = {}
-    res = {**{k: v for k, v in old.items() if k in ("mutation", "kill")}, **res}
+    res = {**{k: v for k, v in old.items() if k in ("mutation", "extremes", "kill")}, **res}
     path.write_text(json.dumps(res, indent=2) + "\n")
     m = res.get("mutation")
     k = res.get("kill")
@@ -582,6 +632,18 @@ def write_report(res: dict) -> None:
         for kind, c in sorted(m["by_kind"].items()):
             lines.append(f"| {kind} | {c['ok']} | {c['failure']} | {c['uncaught']} | {c['crash']} |")
         lines.append("")
+    e = res.get("extremes")
+    if e:
+        lines += ["## Each extreme input alone in a fresh process", "", *_run_line(e),
+                  "After one warm-up image, so the growth is the input's own (in the long run "
+                  "above, memory freed by an earlier input is reused and hides part of it).", "",
+                  "| input | bytes | outcome | grew MB | wall s | CPU s | why refused |",
+                  "|---|---:|---|---:|---:|---:|---|"]
+        for r in e["records"]:
+            why = (r.get("error") or "").replace("|", "/")[:90]
+            lines.append(f"| {r['case']} | {r.get('bytes', '')} | {r['outcome']} | {r.get('grew_mb')} | "
+                         f"{r.get('seconds')} | {r.get('cpu_seconds')} | {why} |")
+        lines.append("")
     if k:
         lines += ["## Exports and quantizations killed with SIGKILL", "", *_run_line(k),
                   f"{k['kills']} runs of `edgeinfer export --model {k['model']} --weights random "
@@ -607,13 +669,21 @@ def main(argv=None) -> int:
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLed export/quantize runs (0: skip)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-write", action="store_true", help="print, do not write results files")
+    ap.add_argument("--extremes", action="store_true",
+                    help="also measure each extreme-shape input alone in a fresh process")
+    ap.add_argument("--rescore", default=None, metavar="RECORDS_JSONL",
+                    help="rebuild the mutation section from a run's records (keeps its command "
+                         "and load average)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fresh-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.fresh_worker:
+        return _fresh_worker(args)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgeinfer-reliability-"))
     work.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python benchmarks/reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -627,16 +697,21 @@ def main(argv=None) -> int:
         sec = section()
         t0 = time.perf_counter()
         recs = mutation_run(args.inputs, args.seed, work, progress=lambda s: print(s, flush=True))
-        by_kind: dict = {}
-        for rec in recs:
-            kind = rec["case"].split(" ")[0]
-            c = by_kind.setdefault(kind, {"ok": 0, "failure": 0, "uncaught": 0, "crash": 0})
-            c[rec["outcome"]] += 1
         sec["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
         res["mutation"] = {**sec, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
-                           "summary": summarize(recs), "by_kind": by_kind}
+                           "summary": summarize(recs), "by_kind": by_kind(recs)}
         print(json.dumps({k: v for k, v in res["mutation"]["summary"].items()
                           if not isinstance(v, list)}), flush=True)
+    if args.rescore:
+        recs = [json.loads(line) for line in Path(args.rescore).read_text().splitlines()]
+        old = json.loads((RESULTS / "reliability.json").read_text())["mutation"]
+        res["mutation"] = {**{k: old[k] for k in ("command", "machine", "load_average", "seed", "seconds")},
+                           "summary": summarize(recs), "by_kind": by_kind(recs)}
+    if args.extremes:
+        sec = section()
+        ex = extremes_fresh(work, progress=lambda s: print(s, flush=True))
+        sec["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        res["extremes"] = {**sec, "records": ex}
     if args.kills:
         sec = section()
         kr = kill_run(args.kills, args.seed, work, progress=lambda s: print(s, flush=True))
