@@ -5,7 +5,6 @@ building it needs torch (the export side), serving it does not."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from pathlib import Path
