@@ -507,14 +507,16 @@ def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", pro
     t_quant = timed(quantize)
     progress(f"full export {t_export:.1f} s, quantize {t_quant:.1f} s")
     runs = []
-    for k in range(n):
+    k = 0
+    # until n runs were really killed while running (a kill after the run ended proves nothing)
+    while sum(not x["finished_before_kill"] for x in runs) < n and k < 3 * n:
         what = "quantize" if k % 4 == 3 else "export"
         if what == "export" and k % 2 == 0:
             shutil.rmtree(out, ignore_errors=True)  # half the exports go to a fresh target
         if what == "quantize" and not _complete(out, {"fp32"}):
             timed(export)
         cmd = quantize if what == "quantize" else export
-        delay = r.uniform(0.1, 1.1 * (t_quant if what == "quantize" else t_export))
+        delay = r.uniform(0.1, 0.95 * (t_quant if what == "quantize" else t_export))
         before = _complete(out, {"fp32"})
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -538,8 +540,10 @@ def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", pro
                      "finished_before_kill": finished, "left_next_to_out": [d.name for d in siblings],
                      "loadable_leftovers": loadable, "out": out_state,
                      "tmpdir_files": _temp_leftovers(tmpdir), "ok": ok})
-        progress(f"kill {k + 1}/{n}: {what} after {delay:.1f} s: out {out_state}, "
-                 f"{len(siblings)} leftover(s), {len(loadable)} loadable")
+        progress(f"run {k + 1} ({sum(not x['finished_before_kill'] for x in runs)}/{n} killed): "
+                 f"{what} after {delay:.1f} s{' (had finished)' if finished else ''}: out "
+                 f"{out_state}, {len(siblings)} leftover(s), {len(loadable)} loadable")
+        k += 1
     # the following export and quantize succeed and leave nothing behind
     shutil.rmtree(out, ignore_errors=True)
     final_ok = True
@@ -551,7 +555,7 @@ def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", pro
         progress(str(e))
     left = sorted(d.name for d in root.iterdir() if d != out)
     stale_work = sorted(d.name for d in out.glob(".quantize-*"))
-    return {"kills": n, "model": model, "export_seconds": round(t_export, 1),
+    return {"kills": n, "runs_started": len(runs), "model": model, "export_seconds": round(t_export, 1),
             "quantize_seconds": round(t_quant, 1),
             "killed_runs": sum(not x["finished_before_kill"] for x in runs),
             "loadable_leftovers": sum(len(x["loadable_leftovers"]) for x in runs),
@@ -646,10 +650,13 @@ def write_report(res: dict) -> None:
         lines.append("")
     if k:
         lines += ["## Exports and quantizations killed with SIGKILL", "", *_run_line(k),
-                  f"{k['kills']} runs of `edgeinfer export --model {k['model']} --weights random "
-                  f"--exporter torchscript --int8 --fp16` / `edgeinfer quantize` killed at a random "
-                  f"moment (uniform up to 1.1x the full run: export {k['export_seconds']} s, quantize "
-                  f"{k['quantize_seconds']} s); {k['killed_runs']} were still running when killed.", "",
+                  f"Runs of `edgeinfer export --model {k['model']} --weights random --exporter "
+                  f"torchscript --int8 --fp16 --force` (every other one to a fresh --out) and "
+                  f"`edgeinfer quantize --int8 --fp16` (every fourth) sent SIGKILL at a random moment "
+                  f"(uniform up to 0.95x the full run: export {k['export_seconds']} s, quantize "
+                  f"{k['quantize_seconds']} s), until {k['kills']} were killed while running: "
+                  f"{k.get('runs_started', k['kills'])} runs started, {k['killed_runs']} killed "
+                  f"mid-run.", "",
                   f"- loadable leftovers next to --out: **{k['loadable_leftovers']}**",
                   f"- runs where --out was neither absent, the previous artifact nor a complete new one: "
                   f"**{k['bad_out_states']}**",

@@ -241,6 +241,7 @@ def test_kill_run_20_sigkills(tmp_path):
     """`edgeinfer export` / `quantize` killed at 20 random moments (benchmarks/reliability.py)."""
     R = _reliability()
     res = R.kill_run(20, 0, tmp_path, progress=lambda s: None)
+    assert res["killed_runs"] >= 20
     assert res["loadable_leftovers"] == 0 and res["bad_out_states"] == 0, res["runs"]
     assert res["tmpdir_files_max"] == 0
     assert res["final_export_ok"] and res["left_after_final_export"] == []
