@@ -208,6 +208,17 @@ def latency_and_rss(binary: Path, art: Path, photos: list, precision: str) -> di
     return {"native": native, "python": python}
 
 
+def rss_one_photo(binary: Path, art: Path, photo: Path, precision: str) -> dict:
+    """Peak RSS (MB) of a fresh process that loads the artifact and classifies one photo (warm cache)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "EDGEINFER_CACHE": cache}
+        native_cmd = [str(binary), str(art), str(photo), "--precision", precision]
+        py_cmd = [PY, "-c", PY_FIRST, str(art), precision, str(photo)]
+        run_measured(native_cmd, env)  # fill the model cache
+        return {"native_mb": run_measured(native_cmd, env)[1] / 1024, "python_mb": run_measured(py_cmd, env)[1] / 1024,
+                "load": load()}
+
+
 def decoder_difference(binary: Path, photos: list, tmp: Path) -> dict:
     """Draft (DCT-scaled) vs full JPEG decode, after the model's resize/crop, on 5x-upscaled photos,
     and native vs Python on the same files (both modes)."""
@@ -295,21 +306,27 @@ def write_report(results: dict, out: Path) -> None:
                          f"{f['preprocess_max_abs_diff']:.3g} |")
     lines += ["", "## Start-up, latency, memory", "",
               "Start to first result: a fresh process classifying one photo (median of "
-              f"{r['repeats']} runs); cold = empty OpenVINO model cache, warm = cache filled. Per-image: one photo "
+              "the runs shown); cold = empty OpenVINO model cache, warm = cache filled. Per-image: one photo "
               "at a time, decode + preprocess + inference in process (median / p90). Peak RSS: a fresh process "
               "over all photos.", "",
-              "| model | precision | side | start->first cold (s) | start->first warm (s) | per-image median (ms) | per-image p90 (ms) | peak RSS (MB) | load |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model | precision | side | runs | start->first cold (s) | start->first warm (s) | per-image median (ms) | per-image p90 (ms) | peak RSS (MB) | load |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, mr in r["models"].items():
         for prec, t in mr.get("timing", {}).items():
             for side in ("native", "python"):
                 s, lt = t["start"][side], t["latency"][side]
-                lines.append(f"| {name} | {prec} | {side} | {s['cold_cache_s']:.2f} | {s['warm_cache_s']:.2f} | "
+                lines.append(f"| {name} | {prec} | {side} | {s['runs']} | {s['cold_cache_s']:.2f} | {s['warm_cache_s']:.2f} | "
                              f"{lt['per_image_ms_median']:.1f} | {lt['per_image_ms_p90']:.1f} | "
                              f"{'n/a' if lt['peak_rss_mb'] is None else format(lt['peak_rss_mb'], '.0f')} | "
                              f"{lt['load'][0]} |")
+    rss = [(n, p, v) for n, mr in r["models"].items() for p, v in mr.get("rss_one_photo", {}).items()]
+    if rss:
+        lines += ["", "Peak RSS of a fresh process that loads the artifact and classifies one photo (warm engine "
+                  "cache; GNU time %M):", "", "| model | precision | native (MB) | python (MB) | load |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {p} | {v['native_mb']:.0f} | {v['python_mb']:.0f} | {v['load'][0]} |" for n, p, v in rss]
     lines += ["", "Per model: the command and the load average when it was measured:", ""]
     lines += [f"- {name}: `{mr.get('command', r['command'])}` (load {mr.get('load_start', r['load_start'])})"
+              + (f"; RSS: `{mr['rss_command']}`" if "rss_command" in mr else "")
               for name, mr in r["models"].items()]
     d = r.get("decoder")
     if d:
@@ -342,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--decoder", action="store_true", help="re-measure the decoder differences")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only the one-photo peak RSS of --models (no fidelity, no timing)")
     ap.add_argument("--fresh", action="store_true",
                     help="drop the models of an earlier results file (default: keep those not re-run)")
     args = ap.parse_args(argv)
@@ -355,17 +374,32 @@ def main(argv=None) -> int:
                "machine": machine(), "load_start": load(), "repeats": args.repeats, "photos": len(photos),
                "binary": str(binary), "models": {}}
     previous = Path(args.out) / "native_vs_python.json"
-    if previous.is_file() and not args.fresh:
+    if previous.is_file() and (args.rss_only or not args.fresh):
         # runs per model (the machine is shared and slow): keep the other models' results, each with
         # the command and load average it was measured with
         old = json.loads(previous.read_text())
-        results["models"] = {k: v for k, v in old.get("models", {}).items() if k not in models}
+        results["models"] = {k: v for k, v in old.get("models", {}).items()
+                             if k not in models or args.rss_only}
         if "decoder" in old:
             results["decoder"] = old["decoder"]
+    if args.rss_only:
+        for name in models:
+            art = ensure_artifact(name, Path(args.artifacts), photos=photos_dir)
+            mr = results["models"].setdefault(name, {"artifact": str(art), "fidelity": [], "timing": {}})
+            mr["rss_one_photo"] = {p: rss_one_photo(binary, art, photos[0], p) for p in args.precisions.split(",")}
+            mr["rss_command"] = results["command"]
+            print(name, mr["rss_one_photo"], file=sys.stderr)
+        results["load_end"] = load()
+        write_report(results, Path(args.out))
+        return 0
     for name in models:
         art = ensure_artifact(name, Path(args.artifacts), photos=photos_dir)
         mr = {"artifact": str(art), "command": results["command"], "load_start": load(), "fidelity": [],
               "timing": {}}
+        if previous.is_file() and not args.fresh:
+            for key in ("rss_one_photo", "rss_command"):
+                if key in old.get("models", {}).get(name, {}):
+                    mr[key] = old["models"][name][key]
         for prec in args.precisions.split(","):
             mr["fidelity"].append(compare_fidelity(binary, art, photos, precision=prec))
             print(name, mr["fidelity"][-1], file=sys.stderr)
