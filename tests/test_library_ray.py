@@ -69,7 +69,7 @@ def _contents(store, models):
     tags = {}
     for r in store.query("SELECT p.path, t.model_sha256, t.rank, t.label, t.score FROM tags t "
                          "JOIN photos p ON p.id = t.photo_id ORDER BY p.path, t.model_sha256, t.rank"):
-        tags.setdefault((r[0], r[1]), []).append((r[3], round(r[4], 5)))
+        tags.setdefault((r["path"], r["model_sha256"]), []).append((r["label"], round(r["score"], 5)))
     embs = {}
     for m in models:
         if m.kind == "classifier":

@@ -296,7 +296,8 @@ class ScanStats:
 
     @property
     def photos_per_s(self) -> float:
-        t = time.perf_counter() - self.started - self.plan_s
+        # a finished scan keeps its rate (elapsed_s is frozen at the end), a running one updates
+        t = (self.elapsed_s or (time.perf_counter() - self.started)) - self.plan_s
         return self.done / t if t > 0 and self.done else 0.0
 
     @property
