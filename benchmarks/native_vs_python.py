@@ -370,7 +370,9 @@ def main(argv=None) -> int:
     binary = native_binary(Path(args.build_dir))
     models = [m for m in args.models.split(",") if m]
     timing = models if args.timing_models == "all" else [m for m in args.timing_models.split(",") if m]
-    results = {"command": "python benchmarks/native_vs_python.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    import shlex
+
+    results = {"command": "python benchmarks/native_vs_python.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "machine": machine(), "load_start": load(), "repeats": args.repeats, "photos": len(photos),
                "binary": str(binary), "models": {}}
     previous = Path(args.out) / "native_vs_python.json"
