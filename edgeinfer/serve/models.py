@@ -7,7 +7,8 @@ its rows. With ``batch_wait_ms=0`` nothing waits: only requests that are already
 coalesced, which costs no latency. ``max_batch`` defaults to the runtime's batch size for the
 engine (1 on CPU engines: no coalescing, 16 on GPUs): on the 2-core CPU, coalescing 16 clients'
 mobilevit_xxs requests into batches of ~8 gave the same throughput (3.9 vs 3.8 req/s) for 85%
-more RSS (347 vs 187 MB), benchmarks/results/service_coalescing.md.
+more RSS (347 vs 187 MB), benchmarks/results/service_coalescing.md; for CLIP ViT-B/32 it gave
++39% throughput for +19% RSS (service_load*.md), so CLIP-heavy servers may pass --max-batch 8.
 
 Inference itself is the runtime's (``Model.infer`` and the runtime's post-processing helpers);
 the service only decides when and with what batch it runs.
