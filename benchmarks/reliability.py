@@ -477,7 +477,6 @@ def _temp_leftovers(tmpdir: Path) -> list[str]:
 
 def kill_run(n: int, seed: int, workdir: Path, *, model: str = "simple_cnn", progress=print) -> dict:
     """Export / quantize subprocesses killed with SIGKILL at random moments."""
-    from PIL import Image
 
     r = random.Random(f"kills:{seed}")
     calib = workdir / "calib"

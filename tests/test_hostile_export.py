@@ -24,8 +24,6 @@ from edgeinfer.cli.main import main  # noqa: E402
 from edgeinfer.errors import (ArtifactError, CalibrationError, InvalidOptionError,  # noqa: E402
                               WeightsError)
 from edgeinfer.export import pipeline, torch_models  # noqa: E402
-from edgeinfer.export.recipes import get_recipe  # noqa: E402
-from edgeinfer.export.torch_models import BuiltModel  # noqa: E402
 from edgeinfer.runtime import artifact as A  # noqa: E402
 
 from test_runtime_helpers import tiny_artifact  # noqa: E402

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import EdgeInferError, InvalidOptionError
-from . import metrics as M
+from ..runtime.model import softmax
+from . import metrics
 from .dataset_spec import DataSet, match_classes, open_dataset
 
 KS = (1, 3, 5)
@@ -47,13 +48,6 @@ def split_precision(spec) -> tuple[Path, str | None]:
     if sep and tail in PRECISIONS and not Path(s).exists():
         return Path(head), tail
     return Path(s), None
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _file_size(art, precision: str, tower: str = "image") -> int | None:
@@ -161,7 +155,7 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
                 continue
             if isinstance(r, np.ndarray) and mode == "classifier":
                 full = np.asarray(r, np.float64).reshape(-1)
-                p = _softmax(full[cols])
+                p = softmax(np.asarray(full[cols], np.float64))
                 all_top1[i] = int(full.argmax())
             else:
                 p = r
@@ -181,15 +175,15 @@ def evaluate_model(artifact_dir, ds: DataSet, *, provider: str = "auto", precisi
     if mode == "timing-only":
         row["n_scored"] = 0
     elif ok.any():
-        met = M.classification_metrics(probs[ok], t[ok], class_names=list(ds.display), ks=KS,
+        met = metrics.classification_metrics(probs[ok], t[ok], class_names=list(ds.display), ks=KS,
                                        with_curves=True)
         # "precision" of a row is the file's precision (fp32/int8); the metric is macro_precision
         row.update({k: met[k] for k in ("top1", "top3", "top5", "mcc", "roc_auc", "average_precision")})
         row.update(macro_precision=met["precision"], macro_recall=met["recall"], macro_f1=met["f1"])
-        cm, _ = M.confusion_matrix(t[ok], probs[ok].argmax(axis=1), labels=list(range(K)))
+        cm, _ = metrics.confusion_matrix(t[ok], probs[ok].argmax(axis=1), labels=list(range(K)))
         row["confusion"] = cm.tolist()
         row["per_class"] = {ds.display[c]: v for c, v in
-                            M.per_class_curves(probs[ok], t[ok]).items()}
+                            metrics.per_class_curves(probs[ok], t[ok]).items()}
         if mode == "classifier" and len(art.labels or []) > K:
             hits = [all_top1[i] == mapping[t[i]] for i in np.flatnonzero(ok)]
             row["top1_all_classes"] = float(np.mean(hits))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 from ..runtime.artifact import atomic_write_bytes
-from . import metrics as M
+from . import metrics
 
 CSV_FIELDS = ("name", "status", "mode", "weights", "provider", "precision", "n", "n_scored",
               "top1", "top3", "top5", "macro_precision", "macro_recall", "macro_f1", "mcc",
@@ -99,7 +99,7 @@ def write_predictions_csv(results: dict, path: Path, *, k: int = 5) -> Path:
             if np.isnan(probs[i]).any():
                 r += ["", ""] * k
             else:
-                top = M.topk_predictions(probs[i:i + 1], kk)[0]
+                top = metrics.topk_predictions(probs[i:i + 1], kk)[0]
                 for c in top:
                     r += [classes[int(c)], f"{probs[i, c]:.6g}"]
                 r += ["", ""] * (k - kk)
@@ -173,10 +173,10 @@ def micro_curves(m: dict, targets) -> dict:
     p = probs[ok]
     y = np.zeros_like(p, dtype=bool)
     y[np.arange(len(t)), t] = True
-    fpr, tpr, _ = M.roc_curve(y.ravel(), p.ravel())
-    prec, rec, _ = M.precision_recall_curve(y.ravel(), p.ravel())
+    fpr, tpr, _ = metrics.roc_curve(y.ravel(), p.ravel())
+    prec, rec, _ = metrics.precision_recall_curve(y.ravel(), p.ravel())
     return {"fpr": fpr, "tpr": tpr, "precision": prec, "recall": rec,
-            "roc_auc_micro": M.auc(fpr, tpr), "ap_micro": M.average_precision(y.ravel(), p.ravel())}
+            "roc_auc_micro": metrics.auc(fpr, tpr), "ap_micro": metrics.average_precision(y.ravel(), p.ravel())}
 
 
 def plot_curves(results: dict, roc_path: Path, pr_path: Path) -> tuple[Path | None, Path | None]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import datasets as D
+from . import datasets
 from .datasets import DatasetError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -108,24 +108,24 @@ def open_dataset(spec) -> DataSet:
         raise DatasetError(f"data set {p} does not exist")
     if p.is_file() and p.suffix.lower() == ".csv":
         names = _csv_label_names(p)
-        ls = D.csv_pixels(p, names)
+        ls = datasets.csv_pixels(p, names)
         return _compact(DataSet(ls.paths, ls.targets, names, "csv", str(p)))
     if (p.is_file() and p.name.startswith(("test_batch", "data_batch"))) or \
             (p.is_dir() and (p / "test_batch").exists()):
-        ls = D.cifar10(p, CIFAR10_CLASSES)
+        ls = datasets.cifar10(p, CIFAR10_CLASSES)
         return DataSet(ls.paths, ls.targets, CIFAR10_CLASSES, "cifar10", str(p))
     if p.is_dir() and any(p.glob("*-idx3-ubyte*")):
-        ls = D.fashion_mnist(p, D.FASHION_MNIST_CLASSES)
-        return DataSet(ls.paths, ls.targets, list(D.FASHION_MNIST_CLASSES), "fashion-mnist", str(p))
+        ls = datasets.fashion_mnist(p, datasets.FASHION_MNIST_CLASSES)
+        return DataSet(ls.paths, ls.targets, list(datasets.FASHION_MNIST_CLASSES), "fashion-mnist", str(p))
     if not p.is_dir():
         raise DatasetError(f"{p} is none of: an ImageFolder, a folder of <synset>_<name> photos, "
                            f"CIFAR-10 python batches, Fashion-MNIST idx files, a .csv pixel table")
     subdirs = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
-        ls = D.image_folder(p, subdirs)
+        ls = datasets.image_folder(p, subdirs)
         return _compact(DataSet(ls.paths, ls.targets, subdirs, "imagefolder", str(p)))
-    syn = D.imagenet_synsets()
-    ls = D.image_folder(p, syn)   # flat folder: synset-named files, ImageNet indices
+    syn = datasets.imagenet_synsets()
+    ls = datasets.image_folder(p, syn)   # flat folder: synset-named files, ImageNet indices
     present = sorted(set(ls.targets))
     local = {c: i for i, c in enumerate(present)}
     keys = [syn[c] for c in present]
@@ -153,9 +153,9 @@ def match_classes(ds: DataSet, model_labels: Sequence[str] | None) -> tuple[list
         return [None] * len(ds.classes), list(ds.display)
     idx: list[int | None] = []
     for key, disp in zip(ds.classes, ds.display):
-        i = D._class_index(key, model_labels)
+        i = datasets._class_index(key, model_labels)
         if i is None and disp != key:
-            i = D._class_index(disp, model_labels)
+            i = datasets._class_index(disp, model_labels)
         idx.append(i)
     missing = [ds.display[c] for c, i in enumerate(idx) if i is None]
     return idx, missing

@@ -40,11 +40,11 @@ class QuantizationWarning(UserWarning):
 
 def _ort_quant():
     try:
-        from onnxruntime import quantization as q
+        from onnxruntime import quantization
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
         raise MissingDependencyError("onnxruntime", "export", "INT8 quantization") from e
-    return q, quant_pre_process
+    return quantization, quant_pre_process
 
 
 @contextlib.contextmanager
@@ -89,7 +89,7 @@ def prepare(fp32_path: str | Path, out_path: str | Path) -> dict:
 
 def _quantize(pre_path: Path, out_path: Path, s: Int8Settings, calib: CalibrationSet,
               cache: Path, exclude: list[str], input_name: str) -> None:
-    q, _ = _ort_quant()
+    quantization, _ = _ort_quant()
     opts = s.ort_extra_options()
     # Bounded memory on big models: calibrate in strides of <= 8 images (ranges merged between
     # strides). Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the collected
@@ -100,15 +100,15 @@ def _quantize(pre_path: Path, out_path: Path, s: Int8Settings, calib: Calibratio
     level = root.level
     root.setLevel(logging.ERROR)   # ORT logs "please pre-process" warnings at WARNING
     try:
-        q.quantize_static(
+        quantization.quantize_static(
             str(pre_path), str(out_path),
             calibration_data_reader=ArrayDataReader(input_name, calib.calib, batch=1),
-            quant_format=q.QuantFormat.QDQ, per_channel=s.per_channel,
+            quant_format=quantization.QuantFormat.QDQ, per_channel=s.per_channel,
             reduce_range=s.reduce_range,
-            activation_type=getattr(q.QuantType, s.activation_type),
-            weight_type=getattr(q.QuantType, s.weight_type),
+            activation_type=getattr(quantization.QuantType, s.activation_type),
+            weight_type=getattr(quantization.QuantType, s.weight_type),
             nodes_to_exclude=sorted(set(exclude)),
-            calibrate_method=getattr(q.CalibrationMethod, s.calibrate_method),
+            calibrate_method=getattr(quantization.CalibrationMethod, s.calibrate_method),
             extra_options=opts, calibration_cache_path=str(cache))
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(f"onnxruntime quantize_static failed: {type(e).__name__}: {e}") from e

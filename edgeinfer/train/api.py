@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidOptionError, MissingDependencyError
+from ..runtime.artifact import usual_mode
 from .data import load_train_data, preprocess_items, stratified_folds, stratified_split
 from .loop import fit, pick_device
 from .model import NORMALIZATIONS, STRATEGIES, build_train_model
@@ -58,9 +59,7 @@ def _save_weights(module, path: Path, meta: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)  # readable like any file the user writes
+    os.chmod(path, usual_mode())  # readable like any file the user writes
 
 
 def _run_record(res, *, fold: int | None, n_train: int, n_val: int) -> dict:
@@ -128,7 +127,7 @@ def finetune(model: str, *, data: str | os.PathLike, out: str | os.PathLike,
         raise InvalidOptionError(f"--folds must be at least 2 (got {folds})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = get_recipe(model)
+    get_recipe(model)  # an unknown model name fails here, before any data is read
     dev = pick_device(device)
     t_all = time.perf_counter()
 

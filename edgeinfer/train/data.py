@@ -61,11 +61,11 @@ def _csv_classes(path: Path) -> list[str]:
 
 def discover_classes(spec: str | Path) -> list[str]:
     """The class names a data set SPEC defines, in index order."""
-    from ..evaluate import datasets as D
+    from ..evaluate import datasets
 
     p = Path(spec)
     if not p.exists():
-        raise D.DatasetError(f"training data {p} does not exist; give an ImageFolder "
+        raise datasets.DatasetError(f"training data {p} does not exist; give an ImageFolder "
                              f"(DIR/<class>/<image>), CIFAR-10 batches, Fashion-MNIST idx files or "
                              f"a CSV pixel table")
     if p.is_file() and p.suffix.lower() == ".csv":
@@ -76,16 +76,16 @@ def discover_classes(spec: str | Path) -> list[str]:
         return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                 "truck"]
     if p.is_dir() and any(p.glob("*-idx3-ubyte*")):
-        return list(D.FASHION_MNIST_CLASSES)
+        return list(datasets.FASHION_MNIST_CLASSES)
     if p.is_dir():
         from ..runtime.preprocess import list_images
 
         classes = sorted(d.name for d in p.iterdir() if d.is_dir() and list_images(d))
         if not classes:
-            raise D.DatasetError(f"{p} has no class sub-folders with images; fine-tuning needs an "
+            raise datasets.DatasetError(f"{p} has no class sub-folders with images; fine-tuning needs an "
                                  f"ImageFolder (DIR/<class>/<image>) or another labelled SPEC")
         return classes
-    raise D.DatasetError(f"{p}: not a data set edgeinfer can read (ImageFolder, CIFAR-10 batches, "
+    raise datasets.DatasetError(f"{p}: not a data set edgeinfer can read (ImageFolder, CIFAR-10 batches, "
                          f"Fashion-MNIST idx files, CSV pixel table)")
 
 
