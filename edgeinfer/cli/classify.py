@@ -77,8 +77,12 @@ def run(args) -> int:
         con = Console()
         err = Console(stderr=True)
         note = " (random weights: labels are meaningless)" if describe["weights"] == "random" else ""
+        # one header line: engine, precision and why in brief; the whole reason under --verbose
+        reason = sel.reason if getattr(args, "verbose", False) else (
+            "measured fastest here (tuning.json)" if getattr(sel, "tuned", False)
+            else "default pick, not measured here (-v says why)")
         con.print(f"[dim]{escape(describe['model'])} on {sel.provider}/{escape(sel.device)}/{sel.precision}: "
-                  f"{escape(sel.reason)}{note}[/]")
+                  f"{escape(reason)}{note}[/]")
         for img, r in zip(images, results):
             if isinstance(r, Failure):
                 err.print(f"[red]error[/] {escape(img)}: {escape(r.error)}")
