@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import EdgeInferError, ImageError, InvalidOptionError, ModelClosedError
 from .artifact import Artifact
+from .numeric import l2_normalize, softmax  # noqa: F401 - re-exported (serve, evaluate)
 
 # the batch policy is part of the selection (runtime/selection.py); re-exported for callers
 from .selection import DEFAULT_CPU_BATCH_SIZE, default_batch_size  # noqa: E402,F401
@@ -74,19 +75,6 @@ def _is_single(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim in (2, 3)
     return False
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
 
 
 def top_k(probs: np.ndarray, k: int, labels: Sequence[str] | None) -> list[tuple[str, float]]:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InvalidOptionError, LabelError
 from .artifact import sha256_file
+from .numeric import l2_normalize, softmax  # noqa: F401 - zero_shot.softmax/l2_normalize kept importable
 
 CACHE_SIZE = 8
 DEFAULT_TEXT_BATCH = 64
@@ -91,22 +92,11 @@ def label_set_spec(name: str, templates: str | Sequence[str] | None = None
 
 
 # ------------------------------------------------------------------ numeric helpers
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def ensemble(feats: np.ndarray, n_labels: int, n_templates: int) -> np.ndarray:
     """[n_labels * n_templates, D] label-major features -> [n_labels, D]: the mean of the
     normalised template embeddings, renormalised (open_clip's build_zero_shot_classifier)."""
     f = l2_normalize(feats).reshape(n_labels, n_templates, -1).mean(axis=1)
     return l2_normalize(f)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def logits_from_features(image_features: np.ndarray, text_embeddings: np.ndarray, *,
@@ -423,19 +413,3 @@ def text_feeds(artifact, batch_size: int = 1, *, texts: Sequence[str] | None = N
         ids = ids[:, : int(ids.argmax(axis=1).max()) + 1]
     name = ((text.get("files") or {}).get("fp32", {}).get("inputs") or [{}])[0].get("name", "input_ids")
     return {name: np.ascontiguousarray(ids)}
-
-
-# ------------------------------------------------------------------ transition shims
-# serve/pipeline.py was written against the earlier module functions; these forward to the
-# Model's TextEncoder (public ``Model.text``) and go once it calls Model.text / Model.embed_text.
-def resolve(model, labels: Any = None, *, templates: Sequence[str] | None = None
-            ) -> tuple[list[str], np.ndarray]:
-    return model.text.resolve(labels, templates=templates)
-
-
-def text_embeddings(model, labels: Sequence[str], *, templates: Sequence[str] | None = None
-                    ) -> np.ndarray:
-    return model.text.label_embeddings(labels, templates=templates)
-
-
-_softmax = softmax  # serve/pipeline.py's name for it (see above)

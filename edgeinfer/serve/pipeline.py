@@ -70,27 +70,17 @@ def classify_rows(rows, labels, k: int) -> list:
 
 
 def zero_shot_rows(model, rows, labels: Any, k: int) -> list:
-    """CLIP rows -> top-k over ``labels`` (custom list or a stored label-set name)."""
-    from ..runtime import zero_shot as zs
+    """CLIP rows -> top-k over ``labels`` (custom list or a stored label-set name), through the
+    model's public text side (``Model.text``: label-set and custom-label caches)."""
     from ..runtime.model import top_k
 
-    names, txt = zs.resolve(model, labels)
-    text = model.artifact.manifest.get("text") or {}
-    good = [i for i, r in enumerate(rows) if not isinstance(r, str)]
-    out = list(rows)
-    if good:
-        logits = zs.logits_from_features(np.stack([rows[i] for i in good]), txt,
-                                         logit_scale=text.get("logit_scale", 100.0),
-                                         logit_bias=text.get("logit_bias"))
-        probs = zs._softmax(logits)
-        for k2, i in enumerate(good):
-            out[i] = top_k(probs[k2], k, names)
-    return out
+    names, txt = model.text.resolve(labels)
+    probs = model.text.probabilities(rows, txt)
+    return [r if isinstance(r, str) else top_k(probs[i], k, names) for i, r in enumerate(rows)]
 
 
 def text_embedding(model, texts: list[str]) -> np.ndarray:
     """[len(texts), D] normalised CLIP text embeddings of raw queries (no prompt template: a
-    search query is already a description)."""
-    from ..runtime import zero_shot as zs
-
-    return zs.text_embeddings(model, texts, templates=("{}",))
+    search query is already a description). ``Model.embed_text`` keeps queries out of the
+    label-list cache."""
+    return np.atleast_2d(model.embed_text(list(texts)))
