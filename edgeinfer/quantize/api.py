@@ -16,13 +16,8 @@ import numpy as np
 from ..errors import ArtifactError, InvalidOptionError
 from . import guard
 
-CLIP_PROMPTS = ("a photo of a dog", "a photo of a cat", "a close-up photo of a bird",
-                "a blurry photo of a car", "a painting of a mountain landscape",
-                "a photo of a birthday cake", "a black and white photo of a city street",
-                "a photo of people at the beach", "a diagram", "a screenshot of text",
-                "a photo of a red flower", "an aerial photo of a forest",
-                "a photo of a tench", "a photo of a goldfish", "a photo of a pizza",
-                "a photo of my family at dinner")
+# the text tower's fidelity is measured on runtime.zero_shot.sample_prompts() (one list)
+TEXT_CHECK_PROMPTS = 16
 
 
 def _recipe_quantize_cfg(manifest: dict) -> dict:
@@ -62,17 +57,22 @@ def _tokens(art, n: int) -> tuple[np.ndarray, str]:
     """Token ids for the text tower: the artifact's tokenizer, else synthetic valid sequences."""
     try:
         from ..runtime.tokenizer import tokenize
+        from ..runtime.zero_shot import sample_prompts
 
-        return np.asarray(tokenize(list(CLIP_PROMPTS[:n]), art), dtype=np.int64), "prompts"
+        prompts = sample_prompts()
+        return np.asarray(tokenize([prompts[i % len(prompts)] for i in range(n)], art),
+                          dtype=np.int64), "prompts"
     except Exception:  # noqa: BLE001 - tokenizer data absent: synthetic but valid sequences
+        from ..runtime.tokenizer import EOT_TOKEN_ID, SOT_TOKEN_ID
+
         ctx = int((art.manifest.get("text") or {}).get("context_length", 77))
         rng = np.random.default_rng(0)
         ids = np.zeros((n, ctx), np.int64)
         for i in range(n):
             L = int(rng.integers(4, 16))
-            ids[i, 0] = 49406
+            ids[i, 0] = SOT_TOKEN_ID
             ids[i, 1:L - 1] = rng.integers(300, 40000, L - 2)
-            ids[i, L - 1] = 49407  # end of text: the highest id, where CLIP pools
+            ids[i, L - 1] = EOT_TOKEN_ID  # end of text: the highest id, where CLIP pools
         return ids, "synthetic-token-ids"
 
 
@@ -224,7 +224,7 @@ def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
 
     say = progress
     src = art.path("fp32", "text")
-    tokens, tok_src = _tokens(art, len(CLIP_PROMPTS))
+    tokens, tok_src = _tokens(art, TEXT_CHECK_PROMPTS)
     ref = run_model(src, tokens)
     out: list = []
     if int8:
