@@ -66,13 +66,11 @@ def main(argv=None) -> int:
         load_s = time.perf_counter() - t
         db_mb = sum(f.stat().st_size for f in work.glob("lib.db*")) / 2**20
         text_ms, tower_ms, sim_ms = [], [], []
-        from edgeinfer.runtime import zero_shot as zs
-
         for i in range(args.queries + 5):
             t = time.perf_counter()
             if model is not None:
                 # a new text each time (no cache hit): the query + a counter
-                q = zs.text_embeddings(model, [f"{QUERIES[i % len(QUERIES)]} {i}"], templates=("{}",))[0]
+                q = model.embed_text(f"{QUERIES[i % len(QUERIES)]} {i}")  # as the service does
             else:
                 q = rng.normal(size=args.dim).astype(np.float32)
                 q /= np.linalg.norm(q)
