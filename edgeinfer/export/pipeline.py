@@ -108,32 +108,20 @@ def _check_quantize_inputs(calib, calib_size, max_drop) -> None:
         raise InvalidOptionError(f"--max-drop must be >= 0 (got {max_drop}).")
     if calib is None:
         return
-    from ..runtime.preprocess import list_images
+    from ..quantize.calib import calibration_images
 
-    folder = Path(calib).expanduser()
-    if not folder.exists():
-        raise CalibrationError(f"calibration folder {folder} does not exist; give a folder of "
-                               f"images (flat or ImageFolder) with --calib DIR.")
-    if not folder.is_dir():
-        raise CalibrationError(f"--calib {folder} is not a directory; give a folder of images.")
-    try:
-        found = list_images(folder)
-    except PermissionError as e:
-        raise CalibrationError(f"calibration folder {folder} is not readable: {e.strerror}") from e
-    if not found:
-        raise CalibrationError(f"calibration folder {folder} has no image files (.jpg .png .bmp "
-                               f".webp .tif .gif, searched recursively).")
+    calibration_images(Path(calib))  # raises CalibrationError saying what is wrong
 
 
 def _usual_permissions(directory: Path) -> None:
     """mkdtemp/mkstemp create 0700/0600 entries; give the artifact the permissions a plain
     mkdir/open would (umask applied), so other users and services can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory, 0o777 & ~mask)
+    from ..runtime.artifact import usual_mode
+
+    os.chmod(directory, usual_mode(directory=True))
     for p in directory.iterdir():
         if p.is_file():
-            os.chmod(p, 0o666 & ~mask)
+            os.chmod(p, usual_mode())
 
 
 def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",

@@ -104,11 +104,13 @@ def _spread(idx: list[int], k: int) -> tuple[list[int], list[int]]:
     return chosen, rest
 
 
-def _folder_items(folder: Path, notes: list[str], limit: int | None = None
-                  ) -> tuple[list[tuple[str, Any, str]], list[str], int]:
-    """(name, PIL image, label name) for every decodable image; plus corrupt names and count."""
-    from ..runtime.preprocess import list_images, load_image
+def calibration_images(folder: Path) -> list[Path]:
+    """The image files of a calibration folder, or a CalibrationError saying what is wrong with
+    it. Export checks this before building the model (a bad --calib fails in a second, not after
+    the whole FP32 export)."""
+    from ..runtime.preprocess import list_images
 
+    folder = Path(folder).expanduser()
     if not folder.exists():
         raise CalibrationError(f"calibration folder {folder} does not exist; give a folder of "
                                f"images (flat or ImageFolder) with --calib DIR.")
@@ -121,6 +123,15 @@ def _folder_items(folder: Path, notes: list[str], limit: int | None = None
     if not paths:
         raise CalibrationError(f"calibration folder {folder} has no image files (.jpg .png .bmp "
                                f".webp .tif .gif, searched recursively).")
+    return paths
+
+
+def _folder_items(folder: Path, notes: list[str], limit: int | None = None
+                  ) -> tuple[list[tuple[str, Any, str]], list[str], int]:
+    """(name, PIL image, label name) for every decodable image; plus corrupt names and count."""
+    from ..runtime.preprocess import load_image
+
+    paths = calibration_images(folder)
     found = len(paths)
     if limit is not None and found > limit:
         # a big folder: decode an evenly spread subset (all classes of an ImageFolder), not all
