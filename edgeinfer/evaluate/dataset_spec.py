@@ -72,8 +72,10 @@ class DataSet:
         return sorted(set(self.targets))
 
 
-def _csv_label_names(path: Path) -> list[str]:
-    """The class names of a CSV pixel table, read from its label column only."""
+def csv_class_names(path: Path) -> list[str]:
+    """The class names of a CSV pixel table in index order, read from its label column only
+    (integer labels are class indices: classes 0..max named by number). ``compare`` and
+    ``finetune`` both use it, so the two agree on what class k is."""
     with open(path, newline="") as f:
         r = csv.reader(f)
         head = [h.strip().lower() for h in next(r, [])]
@@ -107,7 +109,7 @@ def open_dataset(spec) -> DataSet:
     if not p.exists():
         raise DatasetError(f"data set {p} does not exist")
     if p.is_file() and p.suffix.lower() == ".csv":
-        names = _csv_label_names(p)
+        names = csv_class_names(p)
         ls = datasets.csv_pixels(p, names)
         return _compact(DataSet(ls.paths, ls.targets, names, "csv", str(p)))
     if (p.is_file() and p.name.startswith(("test_batch", "data_batch"))) or \

@@ -10,7 +10,6 @@ preprocessing spec, so a model is trained on exactly the tensors it will see aft
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,25 +39,6 @@ class TrainData:
                          self.source, self.spec)
 
 
-def _csv_classes(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        head = [h.strip().lower() for h in next(reader, [])]
-        if "label" not in head:
-            from ..evaluate.datasets import DatasetError
-
-            raise DatasetError(f"{path}: no 'label' column in the header")
-        li = head.index("label")
-        labels = {row[li].strip() for row in reader if row}
-    if labels and all(x.lstrip("-").isdigit() for x in labels):
-        # integer labels are class indices (as in `compare`): classes 0..max, named by number
-        ints = sorted(int(x) for x in labels)
-        if ints[0] < 0:
-            raise InvalidOptionError(f"{path}: negative class index {ints[0]} in the label column")
-        return [str(i) for i in range(ints[-1] + 1)]
-    return sorted(labels)
-
-
 def discover_classes(spec: str | Path) -> list[str]:
     """The class names a data set SPEC defines, in index order."""
     from ..evaluate import datasets
@@ -69,7 +49,9 @@ def discover_classes(spec: str | Path) -> list[str]:
                              f"(DIR/<class>/<image>), CIFAR-10 batches, Fashion-MNIST idx files or "
                              f"a CSV pixel table")
     if p.is_file() and p.suffix.lower() == ".csv":
-        return _csv_classes(p)
+        from ..evaluate.dataset_spec import csv_class_names
+
+        return csv_class_names(p)
     if (p.is_file() and p.name.startswith(("test_batch", "data_batch"))) or \
             (p.is_dir() and (p / "test_batch").exists()):
         # the shared loader maps the batches.meta names onto these (same order)
