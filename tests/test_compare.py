@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from conftest import make_image
 from edgeinfer.evaluate import compare as C
 from edgeinfer.evaluate import metrics as M
 from edgeinfer.evaluate.dataset_spec import CIFAR10_CLASSES, match_classes, open_dataset
+from test_evaluate import _write_cifar  # one CIFAR-10 batch writer for the tests
 from edgeinfer.evaluate.datasets import FASHION_MNIST_CLASSES, DatasetError, imagenet_synsets
 
 sk = pytest.importorskip("sklearn.metrics")
@@ -94,17 +94,6 @@ def _imagefolder(d, classes=("class 0", "class 1", "class 2"), per=4):
     return d
 
 
-def _cifar(d, n=30):
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
-                     b"labels": [i % 10 for i in range(n)]}, f)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
-    return d
-
-
 def _fashion(d, n=20):
     d.mkdir()
     imgs = np.random.default_rng(1).integers(0, 255, (n, 28, 28), dtype=np.uint8)
@@ -139,7 +128,7 @@ def test_open_dataset_five_formats(tmp_path):
     f = open_dataset(_imagefolder(tmp_path / "if"))
     assert f.source == "imagefolder" and f.classes == ["class 0", "class 1", "class 2"]
     assert sorted(set(f.targets)) == [0, 1, 2] and len(f) == 12
-    c = open_dataset(_cifar(tmp_path / "cifar-10-batches-py"))
+    c = open_dataset(_write_cifar(tmp_path / "cifar-10-batches-py", n=30))
     assert c.source == "cifar10" and c.classes == CIFAR10_CLASSES and c.items[0].shape == (32, 32, 3)
     assert c.targets[:3] == [0, 1, 2]
     fm = open_dataset(_fashion(tmp_path / "fm"))
@@ -260,7 +249,7 @@ def test_models_see_the_same_images_whatever_their_class_order(arts, tmp_path):
 @pytest.mark.parametrize("fmt", ["cifar10", "fashion-mnist", "csv", "synset-names"])
 def test_compare_in_memory_and_synset_formats(fmt, arts, tmp_path):
     if fmt == "cifar10":
-        data, labels = _cifar(tmp_path / "cifar-10-batches-py"), list(reversed(CIFAR10_CLASSES))
+        data, labels = _write_cifar(tmp_path / "cifar-10-batches-py", n=30), list(reversed(CIFAR10_CLASSES))
     elif fmt == "fashion-mnist":
         data, labels = _fashion(tmp_path / "fm"), list(FASHION_MNIST_CLASSES)
     elif fmt == "csv":
