@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from _results import command_line, write_results
 
 import numpy as np
 
@@ -113,7 +112,7 @@ def main(argv=None) -> int:
         res = [one_artifact(Path(d), args.rounds, Path(tmp)) for d in args.artifacts.split(",") if d]
     load1 = os.getloadavg()
     fp = machine_fingerprint()
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, os.getcwd()), *(argv or sys.argv[1:])])
+    cmd = command_line(__file__, argv)
     L = ["# FP16 artifact on OpenVINO CPU: before / after vs compile_model's default", "",
          f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {fp['cpu']['model']} "
          f"({fp['cpu']['cores']} cores, INT8 tier {fp['cpu']['int8_tier']}, OpenVINO CPU half type: "
@@ -136,12 +135,8 @@ def main(argv=None) -> int:
                      f"{g['ops']} | {g['convert']} | {g['reorder']} | {g['inference_precision']} | "
                      f"{g['runtime_precisions']} |")
         L.append("")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L))
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "loadavg_before": load0, "loadavg_after": load1,
-                                                    "machine": fp, "results": res}, indent=1, default=str))
-    print("\n".join(L))
+    write_results(args.out, L, {"command": cmd, "loadavg_before": load0, "loadavg_after": load1,
+                                "machine": fp, "results": res})
     return 0
 
 

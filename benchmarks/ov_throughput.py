@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from _results import command_line, write_results
 
 import numpy as np
 
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
                             cache=tmp) for d in args.artifacts.split(",") if d]
     load1 = os.getloadavg()
     fp = machine_fingerprint()
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, os.getcwd()), *(argv or sys.argv[1:])])
+    cmd = command_line(__file__, argv)
     L = ["# Library-scan batch: OpenVINO LATENCY vs THROUGHPUT streams vs ONNX Runtime", "",
          f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {fp['cpu']['model']} "
          f"({fp['cpu']['cores']} cores, INT8 tier {fp['cpu']['int8_tier']}). One process, {args.rounds} interleaved "
@@ -120,12 +119,8 @@ def main(argv=None) -> int:
             L.append(f"| {k} | {v['median_ms']:.1f} | {v['images_per_s']:.2f} | {v['speedup_vs_latency']:.2f}x | "
                      f"{v['cosine_vs_latency']:.5f} |")
         L.append("")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L))
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "loadavg_before": load0, "loadavg_after": load1,
-                                                    "machine": fp, "results": res}, indent=1, default=str))
-    print("\n".join(L))
+    write_results(args.out, L, {"command": cmd, "loadavg_before": load0, "loadavg_after": load1,
+                                "machine": fp, "results": res})
     return 0
 
 

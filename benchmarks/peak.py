@@ -25,11 +25,11 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+from _results import command_line
 
 import numpy as np
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         if r["kind"] == "gemm":
             peak[r["prec"]] = max(peak.get(r["prec"], 0.0), r["gops"])
     fp = machine_fingerprint()
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, os.getcwd()), *(argv or sys.argv[1:])])
+    cmd = command_line(__file__, argv)
     L = ["# CPU GEMM peak vs edgeinfer's picks", "",
          f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {fp['cpu']['model']} "
          f"({fp['cpu']['cores']} cores, INT8 tier {fp['cpu']['int8_tier']}, OpenVINO half type: {half or 'none'}). "

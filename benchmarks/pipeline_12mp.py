@@ -16,12 +16,11 @@ on the 12 MP copies and on the original photos. Target: edgeinfer >= 5x the naiv
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+from _results import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE_12MP = (4032, 3024)
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
             rows.append((name, len(paths), e, cfg, n))
             print(f"{name}: edgeinfer {e:.1f} img/s ({cfg}); naive {n if n is None else round(n, 2)} img/s",
                   flush=True)
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *(argv or sys.argv[1:])])
+    cmd = command_line(__file__, argv)
     L = [f"# Pipeline throughput: decode + preprocess + infer ({art.name})", "",
          "edgeinfer: `edgeinfer.load(artifact).classify(paths)`. Naive: PIL open + torchvision "
          "transform + PyTorch eager, one image at a time. 12 MP copies: upscaled to 4032x3024, "

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
+from _results import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"peak_rss_mb": 150.0, "import_s": 0.3, "session_start_s": 1.0}
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
             rows.append({"provider": prov, "batch_size": bs, **med,
                          "torch_loaded": any(r["torch_loaded"] for r in ok),
                          "precision": ok[0]["precision"], "runs": len(ok)})
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *(argv or sys.argv[1:])])
+    cmd = command_line(__file__, argv)
     L = ["# Runtime footprint: a backend process serving mobilevit_s INT8", "",
          "Fresh process per run (median of runs): `import edgeinfer`, `edgeinfer.load(..., "
          "precision=\"int8\")`, classify photos. Targets: peak RSS <= 150 MB, import <= 0.3 s, "
