@@ -131,6 +131,10 @@ class VectorSet:
     model_sha256: str
     ids: np.ndarray          # int64 [N]
     matrix: np.ndarray       # float32 [N, D]
+    # what search derives from this snapshot (row-norm bound, the int8 index): built on first use
+    # and dropped with it. The store never changes a VectorSet in place (a write makes a new one),
+    # so nothing in here can go stale.
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class Store:
