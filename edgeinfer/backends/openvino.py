@@ -133,23 +133,74 @@ def _dtype(t) -> str:
 
 
 class _Compiled:
-    """A compiled model plus its pool of idle infer requests (requests are not thread-safe)."""
+    """A compiled model plus its pool of idle infer requests (requests are not thread-safe).
 
-    def __init__(self, compiled):
+    ``parallel``: infer requests one batch is split across (1: the whole batch in one request).
+    Under the THROUGHPUT hint it is the plugin's OPTIMAL_NUMBER_OF_INFER_REQUESTS (one per
+    stream): a single request would keep only one stream busy, so a batch is cut into that many
+    chunks, started together with ``start_async`` and merged back in order (issue 17: the library
+    scan sends whole batches)."""
+
+    def __init__(self, compiled, *, parallel: int = 1):
         self.compiled = compiled
+        self.parallel = max(1, int(parallel))
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
 
-    def run(self, feeds: Mapping[str, np.ndarray], n_out: int) -> list[np.ndarray]:
+    def _take(self):
         try:
-            req = self.idle.get_nowait()
+            return self.idle.get_nowait()
         except queue.Empty:
-            req = self.compiled.create_infer_request()
+            return self.compiled.create_infer_request()
+
+    def run(self, feeds: Mapping[str, np.ndarray], n_out: int) -> list[np.ndarray]:
+        n = len(next(iter(feeds.values())))
+        if self.parallel > 1 and n > 1:
+            return self._run_split(feeds, n_out, n)
+        req = self._take()
         try:
             req.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
             # copy: the request's output buffers are reused by its next inference
             return [req.get_output_tensor(i).data.copy() for i in range(n_out)]
         finally:
             self.idle.put(req)
+
+    def _run_split(self, feeds: Mapping[str, np.ndarray], n_out: int, n: int) -> list[np.ndarray]:
+        bounds = split_bounds(n, self.parallel)
+        reqs = [self._take() for _ in bounds]
+        try:
+            for req, (a, b) in zip(reqs, bounds):
+                # share_inputs=False (the default) copies the chunk into the request
+                req.start_async({k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()})
+            for req in reqs:
+                req.wait()
+            parts = [[req.get_output_tensor(i).data.copy() for i in range(n_out)] for req in reqs]
+        finally:
+            for req in reqs:
+                self.idle.put(req)
+        return [np.concatenate([p[i] for p in parts]) for i in range(n_out)]
+
+
+def split_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) of at most ``parts`` contiguous, non-empty chunks of ``n`` items, in order,
+    sizes differing by at most one (pure)."""
+    parts = max(1, min(int(parts), int(n)))
+    base, extra = divmod(int(n), parts)
+    out, a = [], 0
+    for i in range(parts):
+        b = a + base + (1 if i < extra else 0)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _parallel_requests(compiled, hint: str | None) -> int:
+    """Requests a batch is split across: the plugin's optimum under THROUGHPUT, else 1."""
+    if (hint or "LATENCY").upper() != "THROUGHPUT":
+        return 1
+    try:
+        return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    except Exception:  # noqa: BLE001 - a plugin that does not report it: no split
+        return 1
 
 
 def _spec(p, *, dynamic_batch: bool = False) -> TensorSpec:
@@ -216,11 +267,13 @@ class OpenVINOSession(Session):
         try:
             ir = self._static_ir(c, sb, required=bool(static_batch)) if sb else None
             if ir is not None:
+                # a static batch cannot be split (its requests take exactly sb images)
                 self._static = _Compiled(c.compile_model(str(ir), device, self._cfg))
                 self._static_n = sb
             else:
                 # compiling from the path lets a model-cache hit skip reading the ONNX file
-                self._dynamic = _Compiled(c.compile_model(str(path), device, self._cfg))
+                comp = c.compile_model(str(path), device, self._cfg)
+                self._dynamic = _Compiled(comp, parallel=_parallel_requests(comp, options.performance_hint))
                 self._static_n = None
         except RuntimeError as e:
             if base == "CPU":  # the CPU plugin is always there: the model itself is the problem
@@ -269,8 +322,8 @@ class OpenVINOSession(Session):
     def _dynamic_model(self) -> _Compiled:
         with self._lock:
             if self._dynamic is None:
-                c = core()
-                self._dynamic = _Compiled(c.compile_model(str(self.path), self.device, self._cfg))
+                comp = core().compile_model(str(self.path), self.device, self._cfg)
+                self._dynamic = _Compiled(comp, parallel=_parallel_requests(comp, self._cfg.get("PERFORMANCE_HINT")))
             return self._dynamic
 
     def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -299,6 +352,11 @@ class OpenVINOSession(Session):
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.run_feeds({self.inputs[0].name: batch})[0]
 
+    @property
+    def parallel_requests(self) -> int:
+        """Infer requests a batch is split across (THROUGHPUT hint: one per stream; else 1)."""
+        return self._dynamic.parallel if self._dynamic is not None else 1
+
     def close(self) -> None:
         self._closed = True
         self._static = self._dynamic = None
@@ -306,6 +364,6 @@ class OpenVINOSession(Session):
     def describe(self) -> dict:
         d = super().describe()
         d.update(threads=self.threads, engine="openvino", cache_dir=str(self.cache_dir),
-                 compiled_file=self.path.name,
+                 compiled_file=self.path.name, parallel_requests=self.parallel_requests,
                  static_batch=self.static_batch, batch1_static=self._static_n == 1 and not self.static_batch)
         return d

@@ -35,6 +35,10 @@ log = logging.getLogger("edgeinfer.library")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic"}
 DEFAULT_BATCH = 16
 DEFAULT_TOP_K = 5
+#: the engines' mode for scans: a scan is throughput work (whole batches, decode threads beside
+#: inference). Measured on the 2-core Zen 3 (benchmarks/results/indexing.md): THROUGHPUT
+#: streams beat LATENCY threads there for both engines; see that file for the figures.
+SCAN_PERFORMANCE_HINT = "THROUGHPUT"
 
 
 class ScanError(EdgeInferError):
@@ -61,11 +65,16 @@ class LibraryModel:
 
     @classmethod
     def from_artifact(cls, artifact_dir, *, provider: str = "auto", precision: str = "auto",
-                      threads: int | None = None, batch_size: int | None = None) -> "LibraryModel":
+                      threads: int | None = None, batch_size: int | None = None,
+                      performance_hint: str | None = None) -> "LibraryModel":
+        """Load an artifact for scanning. ``performance_hint`` (None: ``SCAN_PERFORMANCE_HINT``)
+        goes to the engine: THROUGHPUT splits each scan batch across single-threaded CPU
+        streams (OpenVINO streams / ONNX Runtime sessions run concurrently)."""
         import edgeinfer
 
         kw = {} if batch_size is None else {"batch_size": batch_size}
-        return cls(edgeinfer.load(artifact_dir, provider=provider, precision=precision, threads=threads, **kw),
+        return cls(edgeinfer.load(artifact_dir, provider=provider, precision=precision, threads=threads,
+                                  performance_hint=performance_hint or SCAN_PERFORMANCE_HINT, **kw),
                    artifact_dir=artifact_dir)
 
     def register(self, store: Store) -> None:
@@ -233,41 +242,99 @@ def draft_for(models: Sequence[LibraryModel]) -> int:
     return max(int(int(m.spec["resize_size"]) * DRAFT_SAFETY) for m in models) if models else 512
 
 
-def decode_records(records: Sequence[PhotoRecord], draft: int, *, decode_workers: int | None = None) -> list:
-    """Per record: (PIL image or None, content sha256, error) -- the photo read and decoded once."""
-    from ..runtime.preprocess import _pool
+@dataclass
+class Prepared:
+    """One photo read and decoded once, with each model's input ready: what the decode stage
+    hands to the inference stage. ``inputs`` maps model sha256 -> CHW float32, or the message
+    of that model's preprocessing failure."""
+    sha256: str | None
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    signature: np.ndarray | None = None
+    inputs: dict[str, np.ndarray | str] = field(default_factory=dict)
 
-    if decode_workers is None and len(records) > 1:
-        return list(_pool().map(lambda r: _decode(r, draft), records))
-    return [_decode(r, draft) for r in records]
+
+def _spec_key(spec: dict) -> tuple:
+    return tuple((k, repr(spec.get(k))) for k in ("input_size", "resize_size", "interpolation",
+                                                   "mean", "std", "channel_order"))
 
 
-def infer_records(models: Sequence[LibraryModel], records: Sequence[PhotoRecord], decoded: list, *,
-                  top_k: int = DEFAULT_TOP_K) -> list[PhotoResult]:
-    """Run every model a photo still needs on its decoded image -> PhotoResults."""
-    from ..runtime.model import Failure
+def prepare_record(rec: PhotoRecord, models: Sequence[LibraryModel], draft: int) -> Prepared:
+    """Read + hash + decode one photo (JPEG draft at ``draft``), its signature, and the input of
+    every model it still needs (models with the same preprocessing share one array). Runs in the
+    decode threads: all of it releases the GIL for the most part (hashlib, Pillow, numpy)."""
+    from ..runtime.preprocess import preprocess_batch
 
-    results = []
-    for rec, (img, digest, err) in zip(records, decoded):
-        res = PhotoResult(rec.path, rec.size, rec.mtime, digest, error=err)
-        if img is not None:
-            ext = img.info.get("edgeinfer_extent")
-            res.width, res.height = (int(ext[0]), int(ext[1])) if ext else img.size
-            res.signature = signature(img)
-        results.append(res)
+    img, digest, err = _decode(rec, draft)
+    out = Prepared(digest, err)
+    if img is None:
+        return out
+    ext = img.info.get("edgeinfer_extent")
+    out.width, out.height = (int(ext[0]), int(ext[1])) if ext else img.size
+    out.signature = signature(img)
+    made: dict[tuple, np.ndarray | str] = {}
     for m in models:
-        idx = [i for i, (rec, d) in enumerate(zip(records, decoded)) if d[0] is not None and m.sha256 in rec.models]
-        if not idx:
+        if m.sha256 not in rec.models:
             continue
-        imgs = [decoded[i][0] for i in idx]
-        out = m.model.classify(imgs, top_k=top_k) if m.kind == "classifier" else m.model.embed(imgs)
-        for i, r in zip(idx, out):
-            if isinstance(r, Failure):  # the decoded image failed in this model's preprocessing
-                results[i].outputs[m.sha256] = {"error": r.error}
-            elif m.kind == "classifier":
-                results[i].outputs[m.sha256] = {"tags": [(lab, float(s)) for lab, s in r]}
-            else:
-                results[i].outputs[m.sha256] = {"embedding": np.asarray(r, np.float32)}
+        key = _spec_key(m.spec)
+        if key not in made:
+            # the runtime's own preprocessing of a decoded image (what Model.classify does)
+            batch, errors = preprocess_batch([img], m.spec, workers=0, draft=m.model.draft)
+            made[key] = str(errors[0]) if errors[0] is not None else batch[0]
+        out.inputs[m.sha256] = made[key]
+    return out
+
+
+def prepare_records(records: Sequence[PhotoRecord], models: Sequence[LibraryModel], *,
+                    decode_workers: int | None = None) -> list[Prepared]:
+    """``prepare_record`` for each record; in the runtime's decode pool (``decode_workers``
+    None), in that many threads, or inline (0 or 1)."""
+    draft = draft_for(models)
+    if len(records) > 1 and (decode_workers is None or decode_workers > 1):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..runtime.preprocess import _pool
+
+        if decode_workers is None:
+            return list(_pool().map(lambda r: prepare_record(r, models, draft), records))
+        with ThreadPoolExecutor(max_workers=decode_workers) as ex:
+            return list(ex.map(lambda r: prepare_record(r, models, draft), records))
+    return [prepare_record(r, models, draft) for r in records]
+
+
+def infer_records(models: Sequence[LibraryModel], records: Sequence[PhotoRecord],
+                  prepared: Sequence[Prepared], *, top_k: int = DEFAULT_TOP_K) -> list[PhotoResult]:
+    """Run every model on the prepared inputs of the photos that need it -> PhotoResults.
+
+    Per model, the batch's inputs go to the engine in one call (``Model.infer``), which on a
+    THROUGHPUT-hinted CPU session is split across its streams; a model whose batch policy is
+    larger than 1 (GPU engines) gets chunks of its own batch size. An exception from an engine
+    fails the whole batch (the caller's transaction is not written; the Ray engine retries
+    photo by photo)."""
+    results = []
+    for rec, p in zip(records, prepared):
+        results.append(PhotoResult(rec.path, rec.size, rec.mtime, p.sha256, width=p.width,
+                                   height=p.height, signature=p.signature, error=p.error))
+    for m in models:
+        good = []
+        for i, p in enumerate(prepared):
+            x = p.inputs.get(m.sha256) if p.error is None else None
+            if isinstance(x, str):   # the decoded image failed in this model's preprocessing
+                results[i].outputs[m.sha256] = {"error": x}
+            elif x is not None:
+                good.append(i)
+        if not good:
+            continue
+        step = m.model.batch_size if m.model.batch_size > 1 else len(good)
+        for s0 in range(0, len(good), step):
+            idx = good[s0:s0 + step]
+            raw = m.model.infer(np.stack([prepared[i].inputs[m.sha256] for i in idx]))
+            for i, r in zip(idx, m.model.postprocess(raw, top_k=top_k)):
+                if m.kind == "classifier":
+                    results[i].outputs[m.sha256] = {"tags": [(lab, float(sc)) for lab, sc in r]}
+                else:
+                    results[i].outputs[m.sha256] = {"embedding": np.asarray(r, np.float32)}
     return results
 
 
@@ -277,8 +344,8 @@ def process_batch(models: Sequence[LibraryModel], records: Sequence[PhotoRecord]
     The unit of work of every scan engine."""
     if not records:
         return []
-    decoded = decode_records(records, draft_for(models), decode_workers=decode_workers)
-    return infer_records(models, records, decoded, top_k=top_k)
+    prepared = prepare_records(records, models, decode_workers=decode_workers)
+    return infer_records(models, records, prepared, top_k=top_k)
 
 
 # ------------------------------------------------------------------ the local engine
@@ -317,9 +384,10 @@ def run_scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLik
          models: Sequence[LibraryModel], *, batch_size: int = DEFAULT_BATCH, top_k: int = DEFAULT_TOP_K,
          progress: Callable[[ScanStats], None] | None = None, cancel: threading.Event | None = None,
          engine: str = "local", stats: ScanStats | None = None,
-         engine_options: dict | None = None) -> ScanStats:
+         engine_options: dict | None = None, decode_workers: int | None = None) -> ScanStats:
     """Scan ``roots`` into ``store`` with ``models``; returns the counts. Incremental: see the
-    module docstring. ``cancel``: stop after the batch in progress (which is committed)."""
+    module docstring. ``cancel``: stop after the batch in progress (which is committed).
+    ``decode_workers``: decode threads of the local engine (None: one per core)."""
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     for r in roots:
@@ -350,7 +418,7 @@ def run_scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLik
                        cancel=cancel, stats=stats, **(engine_options or {}))
     elif engine == "local":
         _local(store, plan.todo, models, batch_size=int(batch_size), top_k=top_k, progress=progress,
-               cancel=cancel, stats=stats)
+               cancel=cancel, stats=stats, decode_workers=decode_workers)
     else:
         raise ScanError(f"unknown engine {engine!r}; valid engines: local, ray")
     from .categories import tag_scanned  # user categories (issue 14) tag what the scan stored
@@ -360,29 +428,51 @@ def run_scan(store: Store, roots: Sequence[str | os.PathLike] | str | os.PathLik
     return stats
 
 
-def _local(store, todo, models, *, batch_size, top_k, progress, cancel, stats) -> None:
-    """process_batch, with the next batch read and decoded while the models run on this one
-    (decoding releases the GIL; on 12 MP photos it is a large part of the work)."""
+#: batches decoded ahead of the one being inferred (memory: ~1.4 MB per photo for two 224-256 px
+#: models, so 3 batches of 16 stay under 100 MB)
+PREFETCH_BATCHES = 2
+
+
+def _local(store, todo, models, *, batch_size, top_k, progress, cancel, stats,
+           decode_workers=None) -> None:
+    """Two stages that overlap: ``decode_workers`` threads (default: one per core) read, hash,
+    decode and preprocess photos one at a time, up to ``PREFETCH_BATCHES`` batches ahead; this
+    thread runs each batch through every model's engine and commits it (one transaction).
+    Per-photo tasks keep every decode thread busy (a per-batch task left threads idle at the end
+    of each batch), and the engines' CPU streams run beside them."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from ..backends.ort import physical_cores
 
     batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
     if not batches:
         return
     draft = draft_for(models)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeinfer-scan-decode") as ex:
-        fut = ex.submit(decode_records, batches[0], draft)
+    workers = int(decode_workers) if decode_workers else physical_cores()
+    ex = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgeinfer-scan-decode")
+    pending: dict[int, list] = {}
+
+    def submit(j: int) -> None:
+        if j < len(batches):
+            pending[j] = [ex.submit(prepare_record, r, models, draft) for r in batches[j]]
+
+    try:
+        for j in range(PREFETCH_BATCHES + 1):
+            submit(j)
         for i, batch in enumerate(batches):
             if cancel is not None and cancel.is_set():
                 break
-            decoded = fut.result()
-            if i + 1 < len(batches):
-                fut = ex.submit(decode_records, batches[i + 1], draft)
-            results = infer_records(models, batch, decoded, top_k=top_k)
+            prepared = [f.result() for f in pending.pop(i)]
+            submit(i + PREFETCH_BATCHES + 1)
+            results = infer_records(models, batch, prepared, top_k=top_k)
             store.write_results(results)
             stats.done += len(batch)
             stats.failed += sum(1 for r in results if r.error)
             if progress:
                 progress(stats)
+    finally:
+        # a cancelled or failed scan does not decode the rest of the folder first
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def under_roots(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -> Path | None:

@@ -361,6 +361,15 @@ class Model:
         """Per image: the raw (unnormalised) output row or a Failure (for zero_shot/bench)."""
         return self._forward([images] if _is_single(images) else list(images))
 
+    def postprocess(self, rows: Iterable[np.ndarray], *, top_k: int = 5) -> list:
+        """Raw output rows (``infer``) -> what ``classify`` (logits: top-k labels) or ``embed``
+        (embeddings: L2-normalised) returns for them. For callers that preprocess and batch
+        themselves (the library scan) and must give the same results as those two."""
+        if self.output_kind == "embedding":
+            return [l2_normalize(r) for r in rows]
+        labels = self.labels
+        return [_topk_row(r, int(top_k), labels) for r in rows]
+
 
 def _topk_row(logits: np.ndarray, k: int, labels) -> list[tuple[str, float]]:
     return top_k(softmax(logits), k, labels)
