@@ -210,3 +210,85 @@ def test_float32_rounding_does_not_reorder_the_exact_path():
         for k in (1, 5, 20):
             assert_same(exact_top_k(vs, q, k), brute_force(vs, q, k))
             assert_same(Int8Index(vs).top_k(q, k), brute_force(vs, q, k))
+
+
+# ------------------------------------------------------------------ the text tower of a query
+class _Art:
+    """The part of an Artifact that selection reads (files per tower, entries, its folder)."""
+
+    def __init__(self, d, text: dict, image=("fp32",)):
+        d.mkdir(parents=True, exist_ok=True)
+        self.dir = d
+        self.manifest = {"files": {p: {"sha256": f"img-{p}"} for p in image},
+                         "text": {"files": {p: {"sha256": f"txt-{p}", **e} for p, e in text.items()}}}
+
+    def files(self, tower="image"):
+        return self.manifest["files"] if tower == "image" else self.manifest[tower]["files"]
+
+    def precisions(self, tower="image"):
+        return [p for p in ("fp32", "fp16", "int8") if p in self.files(tower)]
+
+    def entry(self, precision, tower="image"):
+        return self.files(tower)[precision]
+
+
+AMD = {"isa": {"arm": False}, "vendor": "AuthenticAMD", "int8_tier": "avx2"}
+INTEL = {"isa": {"arm": False}, "vendor": "GenuineIntel", "int8_tier": "vnni"}
+
+
+def _sel(provider="cpu", device="CPU", precision="fp32", reason="provider: heuristic; precision: fp32"):
+    from edgeinfer.runtime.selection import Selection
+
+    return Selection(provider, device, precision, reason)
+
+
+def _ok(p):
+    return True, "installed"
+
+
+def test_text_tower_engine_and_precision_heuristics(tmp_path):
+    from edgeinfer.runtime.selection import text_tower_pick
+
+    good = {"fidelity": {"cosine_mean": 0.9991, "prompts": 16}}
+    art = _Art(tmp_path / "a", {"fp32": {}, "int8": good})
+    # AMD, image tower tuned to OpenVINO: the text tower still goes to ONNX Runtime, INT8 (guard ok)
+    prov, prec, why = text_tower_pick(_sel("openvino"), art, cpu=AMD, usable=_ok)
+    assert (prov, prec) == ("cpu", "int8") and "0.9991" in why
+    # a text INT8 that lost too much is never picked; no INT8 file: FP32
+    bad = _Art(tmp_path / "b", {"fp32": {}, "int8": {"fidelity": {"cosine_mean": 0.95}}})
+    assert text_tower_pick(_sel(), bad, cpu=AMD, usable=_ok)[:2] == ("cpu", "fp32")
+    assert text_tower_pick(_sel(), _Art(tmp_path / "c", {"fp32": {}}), cpu=AMD, usable=_ok)[:2] == ("cpu", "fp32")
+    # Intel: the image tower's engine; OpenVINO gets FP32 (the INT8 file is ORT's dynamic kind)
+    assert text_tower_pick(_sel("openvino"), art, cpu=INTEL, usable=_ok)[:2] == ("openvino", "fp32")
+    # GPU and explicitly requested engines keep the image tower's engine
+    assert text_tower_pick(_sel("cuda", "cuda:0", "fp16"), art, cpu=AMD, usable=_ok)[:2] == ("cuda", "fp32")
+    req = _sel("openvino", reason="provider: requested; precision: fp32")
+    assert text_tower_pick(req, art, cpu=AMD, usable=_ok)[:2] == ("openvino", "fp32")
+    # ONNX Runtime not usable: stay on the image tower's engine
+    assert text_tower_pick(_sel("openvino"), art, cpu=AMD, usable=lambda p: (p == "openvino", "no"))[0] == "openvino"
+
+
+def test_text_tower_measurements_win_and_never_touch_the_image_pick(tmp_path):
+    from edgeinfer.runtime.selection import record_tuning, text_tower_pick, tuned_pick
+
+    art = _Art(tmp_path / "a", {"fp32": {}, "int8": {"fidelity": {"cosine_mean": 0.999}}})
+
+    def m(provider, precision, ms, *, tower="text", sha=None, passed=True):
+        return {"tower": tower, "provider": provider, "precision": precision, "latency_ms": ms,
+                "fidelity_pass": passed, "sha256": sha or art.entry(precision, tower)["sha256"]}
+
+    record_tuning(art, [m("openvino", "fp32", 5.0), m("cpu", "fp32", 9.0), m("cpu", "int8", 1.0, passed=False),
+                        m("cpu", "fp32", 30.0, tower="image")])
+    prov, prec, why = text_tower_pick(_sel(), art, cpu=AMD, usable=_ok)
+    assert (prov, prec) == ("openvino", "fp32") and "tuned" in why
+    # the image pick reads only image measurements (no note about the text files either)
+    pick, notes = tuned_pick(art, usable=_ok)
+    assert (pick["provider"], pick["precision"], pick["latency_ms"]) == ("cpu", "fp32", 30.0) and not notes
+    # a measurement of an earlier text file is stale
+    record_tuning(art, [m("openvino", "fp32", 5.0, sha="old")])
+    prov, prec, why = text_tower_pick(_sel(), art, cpu=AMD, usable=_ok)
+    assert (prov, prec) == ("cpu", "fp32") and "earlier text file" in why
+    # the measured engine not installed: the next one
+    record_tuning(art, [m("openvino", "fp32", 5.0)])
+    prov, _, why = text_tower_pick(_sel(), art, cpu=AMD, usable=lambda p: (p == "cpu", "not installed"))
+    assert prov == "cpu" and "not usable here" in why

@@ -157,7 +157,10 @@ def record_tuning(artifact: Any, measurements: Iterable[Mapping[str, Any]], *,
     for m in measurements:
         rec = dict(m)
         rec.setdefault("measured", now)
-        section["measurements"][f"{rec['provider']}/{rec['precision']}"] = rec
+        # a CLIP text tower's measurement (tower="text") lives beside the image tower's under
+        # "text:provider/precision"; the image pick never reads it (see tuned_pick)
+        prefix = f"{rec['tower']}:" if rec.get("tower", "image") != "image" else ""
+        section["measurements"][f"{prefix}{rec['provider']}/{rec['precision']}"] = rec
     atomic_write_json(path, data)
     return path
 
@@ -178,6 +181,8 @@ def tuned_pick(artifact: Any, *, usable: Callable[[str], tuple[bool, str]],
     for key, m in read_tuning(artifact).items():
         prec, prov = m.get("precision"), m.get("provider")
         if provider is not None and prov != provider:
+            continue
+        if m.get("tower", "image") != "image":   # a text-tower measurement (text_tower_pick)
             continue
         try:
             sha = artifact.entry(prec).get("sha256")
@@ -367,6 +372,98 @@ def _auto_provider(status, cpu: dict, known: set = frozenset()) -> tuple[str, st
         raise ProviderUnavailableError(f"no usable engine: {status('cpu').reason}. "
                                        f"Install: {status('cpu').install}")
     return "cpu", "CPU", f"{pre}heuristic: ONNX Runtime CPU ({why})"
+
+
+# ------------------------------------------------------------------ the CLIP text tower
+def text_tower_pick(selection: Selection, artifact: Any, *, cpu: dict | None = None,
+                    usable: Callable[[str], tuple[bool, str]] | None = None
+                    ) -> tuple[str, str, str]:
+    """(provider, precision, reason) for the CLIP text tower of a model that runs ``selection``.
+
+    A search query is one prompt of ~10 tokens at batch 1: the tower then reads all its weights
+    once per query and is bound by memory bandwidth, so its best engine and precision need not be
+    the image tower's (benchmarks/results/search.md: on an AVX2 EPYC, ONNX Runtime FP32 ~20 ms,
+    OpenVINO FP32 ~44 ms, ONNX Runtime dynamic INT8 ~7 ms). In order:
+
+    1. this machine's text-tower measurements in ``tuning.json`` (``record_tuning`` with
+       ``tower="text"``), measured on the text file the artifact has now and, for FP16/INT8,
+       within the fidelity guard: the fastest whose engine is usable here;
+    2. an explicitly requested engine, or a GPU/NPU selection: the image tower's engine;
+    3. a CPU selection: ONNX Runtime CPU (OpenVINO CPU only on Intel CPUs, as for images), with
+       the text INT8 file when its accuracy guard passed (dynamic INT8 weights: a quarter of the
+       bytes to read per query) and the engine is ONNX Runtime (the file's quantisation is
+       ONNX Runtime's dynamic MatMulInteger), else FP32 (FP16 is slower on CPUs).
+    """
+    from ..backends.hw import cpu_info
+
+    have = artifact.precisions("text") if artifact is not None else []
+    if not have:
+        return selection.provider, "fp32", "the artifact has no text tower files"
+    if usable is None:
+        def usable(p: str) -> tuple[bool, str]:
+            if p == selection.provider:
+                return True, "the image tower's engine"
+            from ..backends import providers as probes
+
+            st = probes.detect_one(p)
+            return st.available, st.reason
+    on_cpu = selection.device in (None, "CPU") and selection.provider in ("cpu", "openvino")
+    explicit = selection.reason.startswith("provider: requested")   # select()'s wording
+    notes: list[str] = []
+    if on_cpu and not explicit:
+        best = None
+        for key, m in read_tuning(artifact).items():
+            if m.get("tower") != "text" or m.get("provider") not in ("cpu", "openvino"):
+                continue
+            prec = m.get("precision")
+            if prec not in have or m.get("sha256") != artifact.entry(prec, "text").get("sha256"):
+                notes.append(f"{key} was measured on an earlier text file")
+                continue
+            if (prec != "fp32" and not m.get("fidelity_pass")) or \
+                    not isinstance(m.get("latency_ms"), (int, float)):
+                continue
+            ok, why = usable(m["provider"])
+            if not ok:
+                notes.append(f"{key} is not usable here: {why}")
+            elif best is None or m["latency_ms"] < best["latency_ms"]:
+                best = m
+        if best is not None:
+            return best["provider"], best["precision"], "; ".join(
+                [f"text tower tuned on this machine: {best['provider']}/{best['precision']} measured "
+                 f"fastest ({best['latency_ms']} ms)", *notes])
+    if not on_cpu or explicit:
+        prec = selection.precision if selection.precision in have else "fp32"
+        why = "requested engine" if explicit else "GPU/NPU: the image tower's engine"
+        return selection.provider, prec, f"text tower: {why}, {prec}"
+    cpu = cpu or cpu_info()
+    intel = not cpu["isa"]["arm"] and cpu.get("vendor") == "GenuineIntel"
+    provider = selection.provider if intel else "cpu"
+    if provider != selection.provider and not usable(provider)[0]:
+        provider = selection.provider
+    why = ("heuristic: the image tower's engine on an Intel CPU" if provider == selection.provider
+           else "heuristic: ONNX Runtime CPU (measured faster than OpenVINO for the batch-1 text "
+                "tower on a non-Intel CPU)")
+    prec = "fp32" if "fp32" in have else have[0]
+    if provider == "cpu" and "int8" in have:
+        ok, guard = _text_int8_guard(artifact.entry("int8", "text"))
+        if ok:
+            prec = "int8"
+            why += f"; int8 (dynamic weights: memory-bound at batch 1; {guard})"
+    return provider, prec, "; ".join([f"text tower {why}", *notes])
+
+
+def _text_int8_guard(entry: Mapping[str, Any]) -> tuple[bool, str]:
+    """The text INT8 file's guard: ``int8_guard`` when it has a budget record; the text tower's
+    quantizer records only the fidelity (it refuses a file under cosine 0.99), so that is read."""
+    if isinstance((entry.get("quantization") or {}).get("budget"), dict):
+        return int8_guard(entry)
+    fid = entry.get("fidelity") or {}
+    c = fid.get("cosine_mean")
+    if not isinstance(c, (int, float)):
+        return False, "text INT8 file has no fidelity record; re-run `edgeinfer quantize --int8`"
+    ok = 1.0 - c <= 0.01 + 1e-9
+    return ok, f"text INT8 cosine to FP32 {c:.4f} on {fid.get('prompts', '?')} prompts " \
+               f"({'>=' if ok else '<'} 0.99)"
 
 
 # ------------------------------------------------------------------ engine options
