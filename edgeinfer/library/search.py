@@ -15,7 +15,8 @@ float64 sum of the exact products of the stored float32 values. Two ways reach t
   re-scored in float64: identical ids, order and scores to ``exact_top_k``, never approximate.
 
 ``top_k`` picks: a snapshot (``Store.vectors``) searched a second time with at least
-``INDEX_MIN_ROWS`` rows gets an index built in a background thread (~0.3 s per 100,000 rows);
+``INDEX_MIN_ROWS`` rows gets an index built in a background thread (about a second per 100,000
+rows on a 2-core EPYC);
 until it is ready, and for one-off subsets (a category filter), the exact product answers. A
 store write makes a new snapshot, so an index never serves stale rows. Past a few million rows
 per model an approximate index (HNSW) would take over, at the cost of approximate recall.
@@ -114,21 +115,27 @@ class Int8Index:
         self.vs = vs
         m = vs.matrix
         n, d = m.shape
-        self.scale = np.empty(n, np.float64)       # per row: r ~ scale * int8 row
+        self.scale = np.empty(n, np.float64)       # per row: r ~ scale * int8 row (a float32 value)
         self.row_norm = np.empty(n, np.float64)    # |r'| (rounded up)
         self.res_norm = np.empty(n, np.float64)    # |e_r| (rounded up)
         qt = np.empty((d, n), np.int8)             # the int8 rows, transposed for MatMulInteger
-        up = 1 + 1e-9
-        for s in range(0, n, 8192):  # in blocks: float64 temporaries of a few MB, not of N x D
-            r = m[s:s + 8192].astype(np.float64)
+        for s in range(0, n, 8192):  # in blocks of a few MB; float32 arithmetic, bounded below
+            r = m[s:s + 8192]
+            e = s + len(r)
             amax = np.abs(r).max(axis=1)
-            sc = np.where(amax > 0, amax / _R_LEVELS, 1.0)
-            qb = np.rint(r / sc[:, None]).clip(-_R_LEVELS, _R_LEVELS)
-            deq = qb * sc[:, None]
-            self.scale[s:s + len(r)] = sc
-            self.row_norm[s:s + len(r)] = np.sqrt((deq * deq).sum(axis=1)) * up
-            self.res_norm[s:s + len(r)] = np.sqrt(((r - deq) ** 2).sum(axis=1)) * up
-            qt[:, s:s + len(r)] = qb.T.astype(np.int8)
+            sc = np.where(amax > 0, amax / np.float32(_R_LEVELS), np.float32(1)).astype(np.float32)
+            qb = np.rint(r * (np.float32(1) / sc)[:, None])
+            np.clip(qb, -_R_LEVELS, _R_LEVELS, out=qb)
+            # |r'| = scale * |int row|: the integer sum of squares is exact in float64
+            self.row_norm[s:e] = (sc.astype(np.float64) * np.sqrt(np.einsum("ij,ij->i", qb, qb,
+                                                                            dtype=np.float64)) * (1 + 1e-12))
+            # e_r = r - scale * q in float32 is off by < 2^-23 * amax per element; its norm is
+            # off by < sqrt(D) times that, and float32 summation by a relative D * 2^-24: both added
+            res = r - qb * sc[:, None]
+            self.res_norm[s:e] = (np.sqrt(np.einsum("ij,ij->i", res, res).astype(np.float64))
+                                  * (1 + 2 * d * _F32_EPS) + np.sqrt(d) * 2.0 ** -22 * amax)
+            self.scale[s:e] = sc
+            qt[:, s:e] = qb.T
         model = _matmul_integer_model(qt, rows=n, dim=d)
         del qt
         so = ort.SessionOptions()
@@ -188,13 +195,26 @@ def _varint(v: int) -> bytes:
             return bytes(out)
 
 
-def _field(num: int, payload: bytes | int | str) -> bytes:
-    """One protobuf field: an int as a varint, bytes/str length-delimited."""
-    if isinstance(payload, int):
-        return _varint(num << 3) + _varint(payload)
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return _varint((num << 3) | 2) + _varint(len(payload)) + payload
+class _Msg(list):
+    """A protobuf message as a list of byte chunks: nesting adds a prefix, never copies the
+    51 MB matrix (joined once at the end)."""
+
+    def add(self, num: int, payload: "bytes | int | str | _Msg") -> "_Msg":
+        if isinstance(payload, int):
+            self.append(_varint(num << 3) + _varint(payload))
+            return self
+        if isinstance(payload, str):
+            payload = payload.encode()
+        size = payload.size() if isinstance(payload, _Msg) else len(payload)
+        self.append(_varint((num << 3) | 2) + _varint(size))
+        if isinstance(payload, _Msg):
+            self.extend(payload)
+        else:
+            self.append(payload)
+        return self
+
+    def size(self) -> int:
+        return sum(len(c) for c in self)
 
 
 def _matmul_integer_model(b: np.ndarray, *, rows: int, dim: int) -> bytes:
@@ -203,23 +223,27 @@ def _matmul_integer_model(b: np.ndarray, *, rows: int, dim: int) -> bytes:
     extra), and this graph is one node. Field numbers are onnx.proto's."""
     UINT8, INT8, INT32 = 2, 3, 6
 
-    def value_info(name: str, elem: int, shape: tuple[int, ...]) -> bytes:
-        dims = b"".join(_field(1, _field(1, int(s))) for s in shape)            # Dimension.dim_value
-        tensor = _field(1, elem) + _field(2, dims)                                # TypeProto.Tensor
-        return _field(1, name) + _field(2, _field(1, tensor))                     # ValueInfoProto
+    def value_info(name: str, elem: int, shape: tuple[int, ...]) -> _Msg:
+        dims = _Msg()
+        for s in shape:
+            dims.add(1, _Msg().add(1, int(s)))                                   # Dimension.dim_value
+        tensor = _Msg().add(1, elem).add(2, dims)                                 # TypeProto.Tensor
+        return _Msg().add(1, name).add(2, _Msg().add(1, tensor))                  # ValueInfoProto
 
-    def tensor(name: str, elem: int, shape: tuple[int, ...], raw: bytes) -> bytes:
-        return (b"".join(_field(1, int(s)) for s in shape) + _field(2, elem) + _field(8, name)
-                + _field(9, raw))                                                 # TensorProto
+    def tensor(name: str, elem: int, shape: tuple[int, ...], raw) -> _Msg:
+        t = _Msg()
+        for s in shape:
+            t.add(1, int(s))
+        return t.add(2, elem).add(8, name).add(9, raw)                           # TensorProto
 
-    node = _field(1, "A") + _field(1, "B") + _field(1, "a_zero") + _field(2, "Y") + _field(4, "MatMulInteger")
-    graph = (_field(1, node) + _field(2, "top_k_int8")
-             + _field(5, tensor("B", INT8, (dim, rows), b.tobytes()))
-             + _field(5, tensor("a_zero", UINT8, (), bytes([64])))
-             + _field(11, value_info("A", UINT8, (1, dim)))
-             + _field(12, value_info("Y", INT32, (1, rows))))
-    opset = _field(1, "") + _field(2, 13)
-    return _field(1, 8) + _field(8, opset) + _field(7, graph)                     # ModelProto
+    node = _Msg().add(1, "A").add(1, "B").add(1, "a_zero").add(2, "Y").add(4, "MatMulInteger")
+    graph = (_Msg().add(1, node).add(2, "top_k_int8")
+             .add(5, tensor("B", INT8, (dim, rows), memoryview(np.ascontiguousarray(b)).cast("B")))
+             .add(5, tensor("a_zero", UINT8, (), bytes([64])))
+             .add(11, value_info("A", UINT8, (1, dim)))
+             .add(12, value_info("Y", INT32, (1, rows))))
+    opset = _Msg().add(1, "").add(2, 13)
+    return b"".join(_Msg().add(1, 8).add(8, opset).add(7, graph))               # ModelProto
 
 
 def build_index(vs: VectorSet) -> Int8Index:
