@@ -95,8 +95,9 @@ def _max_row_norm(vs: VectorSet) -> float:
     v = vs.derived.get("max_row_norm")
     if v is None:
         m = vs.matrix
-        sq = np.einsum("ij,ij->i", m, m, dtype=np.float64) if m.size else np.zeros(1)
-        v = vs.derived["max_row_norm"] = float(np.sqrt(sq.max())) * (1 + 1e-6)
+        # float32 sums (3x faster than float64 here) are within a relative D * 2^-24 of exact
+        sq = np.einsum("ij,ij->i", m, m) if m.size else np.zeros(1, np.float32)
+        v = vs.derived["max_row_norm"] = float(np.sqrt(float(sq.max()) * (1 + 2 * m.shape[1] * _F32_EPS)))
     return v
 
 
