@@ -23,6 +23,7 @@ per model an approximate index (HNSW) would take over, at the cost of approximat
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -110,7 +111,7 @@ class Int8Index:
     from the int8 score r'.q' by r'.e_q + e_r.q, at most |r'| |e_q| + |e_r| |q|. |r'| and |e_r|
     are stored per row (rounded up); |e_q| and |q| are computed per query."""
 
-    def __init__(self, vs: VectorSet, *, threads: int = 1):
+    def __init__(self, vs: VectorSet, *, threads: int | None = None):
         import onnxruntime as ort  # a core dependency; imported here (the store never needs it)
 
         self.vs = vs
@@ -140,9 +141,9 @@ class Int8Index:
         model = _matmul_integer_model(qt, rows=n, dim=d)
         del qt
         so = ort.SessionOptions()
-        # one thread: the M=1 integer product did not get faster with two on 2-core machines,
-        # and a second thread would compete with the text tower of the next query
-        so.intra_op_num_threads = int(threads)
+        # None: two threads (on a 2-core EPYC the product took 3.1 ms on two, 5.8 ms on one,
+        # benchmarks/results/search.md); more were not measured
+        so.intra_op_num_threads = int(threads or min(2, os.cpu_count() or 1))
         so.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         del model
