@@ -21,11 +21,12 @@ from .calib import CalibrationSet
 TIMING_RUNS = 15
 
 
-def _ov_measure(path: Path, x: np.ndarray, precision: str, cache: Path) -> tuple[np.ndarray, float]:
+def _ov_measure(path: Path, x: np.ndarray, precision: str, cache: Path, *,
+                static_batch: int | None = None) -> tuple[np.ndarray, float]:
     from ..backends import SessionOptions, create_session
 
     with create_session(path, provider="openvino", precision=precision,
-                        options=SessionOptions(cache_dir=str(cache))) as s:
+                        options=SessionOptions(cache_dir=str(cache), static_batch=static_batch)) as s:
         outs = np.concatenate([s.run(x[i:i + 8]) for i in range(0, len(x), 8)])
         one = x[:1]
         for _ in range(3):
@@ -38,13 +39,41 @@ def _ov_measure(path: Path, x: np.ndarray, precision: str, cache: Path) -> tuple
     return outs, statistics.median(ts) * 1000
 
 
+# Ops that only move or reshape data: a quantized tensor passes through them unchanged.
+_LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def concat_fed_nodes(model) -> list[str]:
+    """Conv / MatMul / Gemm nodes whose data input is a Concat output (through layout-only ops).
+
+    Why: OpenVINO's CPU plugin (2026.4, AVX2) computes an INT8 Convolution fed by an INT8 Concat of
+    two quantized branches wrongly. A three-node QDQ graph (two quantized 1x1 Convs -> Concat ->
+    quantized Conv) differs from ONNX Runtime by half its output range (maxdiff 0.91 of 1.73), with
+    any zero point, 7-bit weights, any spatial size, and is exact with the low-precision
+    transformations off (LP_TRANSFORMS_MODE=NO) or without the Concat (maxdiff 0.05). MobileViT's
+    fusion Conv (cat(shortcut, transformer branch)) is this pattern; there the error compounds to
+    all-zero logits (benchmarks/results/transformer_int8.md). Leaving these consumers in float
+    keeps the Concat out of INT8; every other Conv/MatMul stays quantized.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def from_concat(tensor: str) -> bool:
+        n = producer.get(tensor)
+        while n is not None and n.op_type in _LAYOUT_OPS + ("DequantizeLinear",):
+            n = producer.get(n.input[0])
+        return n is not None and n.op_type == "Concat"
+
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Conv", "MatMul", "Gemm") and n.input and from_concat(n.input[0])]
+
+
 def nncf_quantize_onnx(fp32_path: Path, out_path: Path, calib: CalibrationSet, *,
                        transformer: bool) -> dict:
     try:
         import nncf
     except ImportError as e:
         raise MissingDependencyError("nncf", "openvino", "NNCF quantization") from e
-    from .graph import load, onnx_mod
+    from .graph import load, name_nodes, onnx_mod
 
     onnx = onnx_mod()
     model = load(fp32_path)
@@ -53,11 +82,15 @@ def nncf_quantize_onnx(fp32_path: Path, out_path: Path, calib: CalibrationSet, *
     kw: dict[str, Any] = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(data)}
     if transformer:
         kw["model_type"] = nncf.ModelType.TRANSFORMER
+    name_nodes(model)  # ignored scopes match by node name
+    ignored = concat_fed_nodes(model)
+    if ignored:
+        kw["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
     q = nncf.quantize(model, nncf.Dataset(data, lambda x: {name: x}), **kw)
     onnx.save(q, str(out_path))
     return {"engine": f"nncf {getattr(nncf, '__version__', '')}".strip(), "preset": "MIXED",
             "model_type": "TRANSFORMER" if transformer else "default",
-            "subset_size": len(data)}
+            "subset_size": len(data), "ignored_concat_consumers": ignored}
 
 
 def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantize_cfg: dict,
@@ -105,6 +138,12 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
         cands["nncf"] = {"path": nncf_path, "info": info_b, "latency_ms": ms, "fid": fid,
                          "out": out, "ok": guard.within(fid, budget_kind, max_drop)
                          and bool(np.isfinite(out).all())}
+        if not np.abs(out).max() > 0:
+            # the runtime compiles a dynamic batch; OpenVINO CPU returns zeros for some quantized
+            # graphs (MobileViT) only then. Measure static batch 1 too, so the record says which
+            # defect it is (the file is still rejected: batches > 1 would be all-zero)
+            st, _ = _ov_measure(nncf_path, calib.holdout, "int8", cache / "static", static_batch=1)
+            cands["nncf"]["static_b1_cosine"] = guard.fidelity(ref_ov, st, fkind)["cosine_mean"]
     except MissingDependencyError:
         raise
     except Exception as e:  # noqa: BLE001 - NNCF failing on a graph: keep the ORT result
@@ -113,7 +152,8 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
     summary = {k: {"latency_ms_b1": round(v["latency_ms"], 3), "drop": guard.drop(v["fid"], budget_kind),
                    "within_budget": v["ok"], "cosine_mean": v["fid"]["cosine_mean"],
                    "finite": bool(np.isfinite(v["out"]).all()),
-                   "all_zero": not bool(np.abs(v["out"]).max() > 0)}
+                   "all_zero": not bool(np.abs(v["out"]).max() > 0),
+                   **({"static_b1_cosine": v["static_b1_cosine"]} if "static_b1_cosine" in v else {})}
                for k, v in cands.items()}
     if err_a:
         summary["onnxruntime"] = {"error": err_a}
@@ -129,9 +169,11 @@ def quantize_for_openvino(fp32_path, out_path, *, calib: CalibrationSet, quantiz
         state = "within budget" if c["ok"] else (
             "non-finite outputs" if not np.isfinite(c["out"]).all() else
             # seen on mobilevit_s: NNCF's QDQ file runs fine in ONNX Runtime (non-zero outputs)
-            # but OpenVINO CPU (AVX2) computes zeros from the first quantized Conv on; say so
-            # instead of a bare "drop 1.0" (benchmarks/results/transformer_int8.md)
-            "all-zero outputs on OpenVINO" if not np.abs(c["out"]).max() > 0 else
+            # but OpenVINO CPU returns zeros when it compiles a dynamic batch; say so instead of
+            # a bare "drop 1.0" (benchmarks/results/transformer_int8.md)
+            ("all-zero outputs on OpenVINO with a dynamic batch"
+             + (f"; static batch 1: cosine {c['static_b1_cosine']:.4f}" if "static_b1_cosine" in c else ""))
+            if not np.abs(c["out"]).max() > 0 else
             f"over budget, drop {guard.drop(c['fid'], budget_kind)}")
         return f"{k} {c['latency_ms']:.2f} ms ({state})"
 
