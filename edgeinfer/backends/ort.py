@@ -72,6 +72,13 @@ def physical_cores() -> int:
     return max(1, min(limits)) if limits else 1
 
 
+#: chunks per stream a THROUGHPUT batch is cut into: smaller chunks taken in turn let a stream
+#: slowed by the scan's decode threads (which share the cores) leave less of the batch for the
+#: other to wait on. Measured on the 2-core Zen 3, scan of 48 12 MP photos, 4 runs each:
+#: 2 chunks 8.54-8.72 photos/s, 1 chunk 7.36-8.98 (benchmarks/results/indexing.md).
+CHUNKS_PER_STREAM = 2
+
+
 def cpu_session_config(threads: int | None = None, *, performance_hint: str | None = None) -> dict:
     """Session settings for CPU inference (pure).
 
@@ -303,15 +310,31 @@ class OrtSession(Session):
         return self._sess.run(None, feeds)
 
     def _run_split(self, names, feeds: dict) -> list[np.ndarray]:
-        """One chunk of the batch per stream, run concurrently (``InferenceSession.run`` is
-        thread-safe; the calling thread runs the first chunk), outputs merged in input order."""
+        """The batch cut into ``CHUNKS_PER_STREAM`` chunks per stream; the streams (the calling
+        thread and the pool's) take chunks in turn until none is left (``InferenceSession.run``
+        is thread-safe); outputs merged in input order."""
+        import threading
+
         n = len(next(iter(feeds.values())))
-        k = min(self.streams, n)
+        k = min(self.streams * CHUNKS_PER_STREAM, n)
         edges = [round(i * n / k) for i in range(k + 1)]
         chunks = [{name: v[a:b] for name, v in feeds.items()} for a, b in zip(edges, edges[1:])]
-        sess = self._sess
-        futs = [self._pool.submit(sess.run, names, c) for c in chunks[1:]]
-        parts = [sess.run(names, chunks[0])] + [f.result() for f in futs]
+        sess, parts, lock, todo = self._sess, [None] * k, threading.Lock(), iter(range(k))
+
+        def stream():
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                parts[i] = sess.run(names, chunks[i])
+
+        futs = [self._pool.submit(stream) for _ in range(min(self.streams, k) - 1)]
+        try:
+            stream()
+        finally:
+            for f in futs:
+                f.result()
         return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
     def close(self) -> None:
