@@ -456,3 +456,71 @@ def test_embed_text_matches_open_clip(tiny, model):
     assert one.shape == (32,) and np.allclose(one, got[0], atol=1e-6)
     with pytest.raises(LabelError):
         model.embed_text([])
+
+
+def test_encode_groups_equals_encode_group_across_templates(tiny):
+    """Batches drawn across templates (prefixes of different lengths, padded and masked) give
+    what one template at a time gives, and open_clip's encode_text."""
+    from edgeinfer.export.clip import SharedPrefixEncoder
+    from edgeinfer.runtime.tokenizer import ClipTokenizer
+
+    built, out = tiny
+    clip = built.extra["clip_model"]
+    tok = ClipTokenizer.from_artifact(out)
+    labels = ["cat", "golden retriever", "cat", "日本の猫", "x", "a very long label " * 20]
+    templates = ["a photo of a {}.", "itap of the {}.", "{}", "a low resolution photo of my {}."]
+    groups = [tok.encode([t.format(c) for c in labels]) for t in templates]
+    enc = SharedPrefixEncoder(clip, batch_size=3)
+    got = enc.encode_groups(groups)
+    with torch.no_grad():
+        for g, ids in zip(got, groups):
+            np.testing.assert_allclose(g, enc.encode_group(ids), atol=2e-5)
+            np.testing.assert_allclose(g, clip.encode_text(torch.from_numpy(ids)).numpy(), atol=2e-5)
+
+
+def test_background_label_job_matches_open_clip(tiny_config, tmp_path):
+    """The export's background process computes the label sets (exactly open_clip's
+    build_zero_shot_classifier), its sample is checked against text.fp32.onnx, and its work
+    directory is gone afterwards."""
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    from edgeinfer.export.clip import finish_label_sets, start_label_sets
+
+    built = build_clip(tiny_recipe(), weights="random", seed=0)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    job = start_label_sets(built, stage)
+    assert job is not None and job.proc.poll() is None or job.proc.returncode == 0
+    m = {"opset": 18}
+    text = add_text_tower(built, stage, m, label_job=job)
+    assert text["label_sets"] == {} and text["default_label_set"] is None
+    lines: list[str] = []
+    finish_label_sets(stage, m, job, progress=lines.append)
+    cifar = m["text"]["label_sets"]["cifar10"]
+    assert "background process" in cifar["computed_with"]
+    assert cifar["check"]["prompts"] > 0 and cifar["check"]["cosine_min"] >= 0.9999
+    assert m["text"]["default_label_set"] == "cifar10"
+    labels, _, templates = label_set_spec("cifar10")
+    with torch.no_grad():
+        ref = build_zero_shot_classifier(built.extra["clip_model"], built.extra["tokenizer"],
+                                         labels, templates, num_classes_per_batch=None).T.numpy()
+    np.testing.assert_allclose(np.load(stage / cifar["file"]), ref, atol=2e-5)
+    assert not (stage / ".label-job").exists()
+    assert job.status().startswith("label sets in the background")
+
+
+def test_background_label_job_killed_is_an_export_error(tiny_config, tmp_path):
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.clip import finish_label_sets, start_label_sets
+
+    built = build_clip(tiny_recipe(), weights="random", seed=0)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    job = start_label_sets(built, stage)
+    job.proc.kill()
+    m = {"opset": 18}
+    add_text_tower(built, stage, m, label_job=job)
+    with pytest.raises(ExportError, match="label-set encoder process was killed by signal 9"):
+        finish_label_sets(stage, m, job)
+    assert not (stage / ".label-job").exists()
+    assert not list(stage.glob("labels.*.npy"))

@@ -213,6 +213,41 @@ def test_guard_fails_with_numbers_and_leaves_artifact(trained, digits_folder, tm
     assert _snapshot(art) == before                        # nothing added, no temp left
 
 
+def test_keep_going_leaves_out_a_rejected_int8(trained, digits_folder, tmp_path, monkeypatch):
+    """What `edgeinfer export --int8 --fp16` does: an INT8 the guard rejects is left out with
+    its reason in the manifest, and FP16 is still added (the export is not lost)."""
+    from edgeinfer.quantize import int8 as int8_mod
+
+    art = make_artifact(_outlier_model(trained), tmp_path / "outlier")
+    monkeypatch.setattr(int8_mod, "MAX_GUARD_STEPS", 0)
+    res = quantize_artifact(art, int8=True, fp16=True, calib=digits_folder, calib_size=32,
+                            keep_going=True)
+    assert set(res) == {"fp16"}
+    m = json.loads((art / "manifest.json").read_text())
+    assert set(m["files"]) == {"fp32", "fp16"} and not (art / "model.int8.onnx").exists()
+    assert "cannot meet the accuracy budget" in m["quantization_rejected"]["int8"]
+    assert any(w.startswith("INT8 not written:") for w in m["warnings"])
+
+
+def test_guard_stops_when_float_nodes_do_not_help(trained, digits_folder, tmp_path, monkeypatch):
+    """When keeping the most sensitive nodes in float does not shrink the drop, the guard stops
+    after NO_PROGRESS_STEPS tries instead of re-quantizing the model up to MAX_GUARD_STEPS
+    times, and says why."""
+    from edgeinfer.quantize import guard as guard_mod
+    from edgeinfer.quantize import int8 as int8_mod
+
+    art = make_artifact(_outlier_model(trained), tmp_path / "outlier")
+    real = guard_mod.fidelity
+    monkeypatch.setattr(int8_mod.guard, "fidelity", lambda ref, out, kind="classifier": {
+        **real(ref, out, kind), "top1_agreement": 0.5, "cosine_mean": 0.5})  # never improves
+    lines: list[str] = []
+    with pytest.raises(AccuracyBudgetError, match="spread over the model"):
+        quantize_artifact(art, int8=True, calib=digits_folder, calib_size=32,
+                          progress=lines.append)
+    tries = [x for x in lines if x.startswith("INT8: quantizing (guard: worst")]
+    assert len(tries) == int8_mod.NO_PROGRESS_STEPS
+
+
 # ----------------------------------------------------------------------------- bad inputs
 def test_empty_and_unreadable_calib_folder(digits_art, tmp_path):
     empty = tmp_path / "empty"

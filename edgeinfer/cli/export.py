@@ -52,6 +52,8 @@ class _Steps:
         self.status = None
         self.current: str | None = None
         self.t0 = 0.0
+        # a callable giving a line about work running beside the steps (CLIP label sets)
+        self.background = None
 
     def __enter__(self):
         if not self.quiet:
@@ -65,6 +67,8 @@ class _Steps:
 
             mark = "[green]✓[/]" if ok else "[red]✗[/]"
             self.console.print(f"{mark} {escape(self.current)} [dim]({time.perf_counter() - self.t0:.1f} s)[/]")
+            if self.background is not None and not self.current.startswith(("encoded ", "label sets ")):
+                self.console.print(f"  [dim]{escape(self.background())}[/]")
         self.current = None
 
     def __call__(self, msg: str) -> None:

@@ -357,10 +357,10 @@ class SharedPrefixEncoder:
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
         return x, (k, v)
 
-    def _last_block(self, blk, x, past):
+    def _last_block(self, blk, x, past, key_mask=None):
         """The final block, where only the end-of-text position (the last one: batches hold
         prompts of one length) is read: keys/values for all positions, attention and the MLP
-        for that one."""
+        for that one. ``key_mask`` [B, 1, 1, P + S]: which keys it may see (padded prefixes)."""
         import torch  # noqa: PLC0415
         import torch.nn.functional as F  # noqa: N812,PLC0415
 
@@ -373,7 +373,7 @@ class SharedPrefixEncoder:
         k = torch.cat([past[0].expand(b, -1, -1, -1), k], 2)
         v = torch.cat([past[1].expand(b, -1, -1, -1), v], 2)
         q = F.linear(hn[:, -1], attn.in_proj_weight[:d], attn.in_proj_bias[:d]).view(b, h, 1, d // h)
-        o = F.scaled_dot_product_attention(q, k, v).reshape(b, d)   # the last position sees all
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask).reshape(b, d)
         xe = x[:, -1] + blk.ls_1(attn.out_proj(o))
         return xe + blk.ls_2(blk.mlp(blk.ln_2(xe)))
 
@@ -437,6 +437,85 @@ class SharedPrefixEncoder:
                     if report is not None:
                         report.add(len(idx))
         return out[inverse.reshape(-1)]
+
+
+    def encode_groups(self, groups: list[np.ndarray], *, report: RateReporter | None = None
+                      ) -> list[np.ndarray]:
+        """``encode_group`` for many groups at once (e.g. every template of a label set over all
+        labels), with batches drawn across groups: prompts of equal suffix length from any
+        group run together, each attending to its own group's cached prefix (prefixes padded to
+        the batch's longest, padding masked out). One template's prompts of one length are only
+        tens to hundreds, and the matrix products run near the CPU's peak only from ~1,000 rows
+        on; across 80 templates every batch is full."""
+        import torch  # noqa: PLC0415
+
+        dev = self.device
+        prepared = []
+        for ids in groups:
+            ids = np.asarray(ids, np.int64)
+            uniq, inverse = np.unique(ids, axis=0, return_inverse=True)
+            lengths = uniq.argmax(axis=1) + 1
+            p = 0
+            while p < int(lengths.min()) - 1 and (uniq[:, p] == uniq[0, p]).all():
+                p += 1
+            prepared.append((uniq, inverse.reshape(-1), lengths, p))
+        outs: list[np.ndarray | None] = [None] * len(groups)
+        with torch.inference_mode():
+            pasts = [self._prefix(u[0, :p]) for u, _, _, p in prepared]
+            pmax = max(p for *_, p in prepared)
+            # per layer: every group's prefix keys/values [G, heads, pmax, head_dim], zero-padded
+            kv_all = []
+            for layer in range(len(self.blocks)):
+                k0 = pasts[0][layer][0]
+                kk = k0.new_zeros((len(groups), k0.shape[1], pmax, k0.shape[3]))
+                vv = kk.clone()
+                for g, past in enumerate(pasts):
+                    p = prepared[g][3]
+                    kk[g, :, :p] = past[layer][0][0]
+                    vv[g, :, :p] = past[layer][1][0]
+                kv_all.append((kk, vv))
+            plen = torch.tensor([p for *_, p in prepared], device=dev)
+            gid = np.concatenate([np.full(len(u), g) for g, (u, *_) in enumerate(prepared)])
+            row = np.concatenate([np.arange(len(u)) for u, *_ in prepared])
+            slen = np.concatenate([lens - p for _, _, lens, p in prepared])
+            order = np.lexsort((row, gid, slen))
+            c = self.clip
+            for s in np.unique(slen):
+                sel = order[slen[order] == s]
+                s = int(s)
+                step = max(1, min(self.batch_size, self.batch_tokens // s))
+                for start in range(0, len(sel), step):
+                    idx = sel[start:start + step]
+                    g_np, r_np = gid[idx], row[idx]
+                    ids = np.stack([prepared[g][0][r, prepared[g][3]:prepared[g][3] + s]
+                                    for g, r in zip(g_np, r_np)])
+                    g_t = torch.from_numpy(g_np).to(dev)
+                    pb = plen[g_t]                                     # [B] prefix lengths
+                    pc = int(pb.max())
+                    pos = pb[:, None] + torch.arange(s, device=dev)    # absolute positions
+                    x = (c.token_embedding(torch.from_numpy(ids).to(dev)).to(self.cast)
+                         + c.positional_embedding[pos].to(self.cast))
+                    keep = torch.arange(pc, device=dev)[None] < pb[:, None]          # [B, pc]
+                    mask = torch.cat([keep[:, None, :].expand(-1, s, -1),
+                                      torch.ones(s, s, dtype=torch.bool, device=dev).tril()
+                                      .expand(len(idx), -1, -1)], 2)[:, None]    # [B,1,s,pc+s]
+                    past = [(kk[g_t, :, :pc], vv[g_t, :, :pc]) for kk, vv in kv_all]
+                    for blk, kv in zip(self.blocks[:-1], past[:-1]):
+                        x, _ = self._block(blk, x, kv, mask)
+                    xe = self._last_block(self.blocks[-1], x, past[-1], mask[:, :, -1:])
+                    xe = c.ln_final(xe)
+                    proj = c.text_projection
+                    if proj is not None:
+                        xe = proj(xe) if isinstance(proj, _torch_nn().Linear) else xe @ proj
+                    y = xe.float().cpu().numpy()
+                    for g in np.unique(g_np):
+                        if outs[g] is None:
+                            outs[g] = np.empty((len(prepared[g][0]), y.shape[1]), np.float32)
+                        m = g_np == g
+                        outs[g][r_np[m]] = y[m]
+                    if report is not None:
+                        report.add(len(idx))
+        return [o[inv] for o, (_, inv, _, _) in zip(outs, prepared)]
 
 
 def label_set_embeddings(encode_group: Callable[..., np.ndarray], tokenizer, labels: list[str],
@@ -610,14 +689,94 @@ def _label_encoder(clip, variable: bool, onnx_path: Path, tok, names, tmpl_cfg, 
     return (lambda ids, report=None: enc.encode_group(ids, report=report)), engine, check
 
 
+def start_label_sets(built: BuiltModel, stage_dir: str | os.PathLike, *,
+                     label_sets: list[str] | tuple[str, ...] | None = None,
+                     templates: dict[str, str | list[str]] | None = None):
+    """Start computing the label sets in a background process (``label_job``) while the export
+    goes on; None when there is nothing to compute or the shared-prefix encoder does not fit the
+    model (``add_text_tower`` then encodes them itself), or on a GPU (faster in-process)."""
+    import torch  # noqa: PLC0415
+
+    from .label_job import LabelSetJob  # noqa: PLC0415
+
+    open_clip = _import_open_clip()
+    clip = built.extra["clip_model"]
+    cfg = dict(getattr(built.recipe, "clip", {}) or {})
+    names, tmpl_cfg = _label_set_choice(cfg, label_sets, templates)
+    if not names or torch.cuda.is_available() or not SharedPrefixEncoder.supports(clip):
+        return None
+    tok = built.extra.get("tokenizer") or open_clip.get_tokenizer(built.extra["model_name"])
+    sets = {n: label_set_spec(n, tmpl_cfg.get(n)) for n in names}
+    return LabelSetJob.start(clip, tok, sets, Path(stage_dir) / ".label-job")
+
+
+def finish_label_sets(stage_dir: str | os.PathLike, manifest: dict, job, *,
+                      progress: Progress = None) -> None:
+    """Wait for ``job`` (``start_label_sets``), check a sample of its prompts against the
+    parity-checked ``text.fp32.onnx`` and put the label sets into ``stage_dir`` and
+    ``manifest["text"]``; on a failed check, encode them with ONNX Runtime instead."""
+    import shutil  # noqa: PLC0415
+
+    import onnxruntime as ort  # noqa: PLC0415
+
+    stage = Path(stage_dir)
+    text = manifest["text"]
+    try:
+        t1 = time.perf_counter()
+        _say(progress, "waiting for the label sets (background process)")
+        got = job.wait(progress)
+        sess = ort.InferenceSession(str(stage / text["files"]["fp32"]["file"]),
+                                    providers=["CPUExecutionProvider"])
+
+        def ort_run(b: np.ndarray) -> np.ndarray:
+            return sess.run(None, {TEXT_INPUT: b})[0]
+
+        variable = bool(text.get("variable_length"))
+        sets: dict[str, dict] = {}
+        for name, r in got.items():
+            ref = encode_token_ids(ort_run, r["check_ids"], variable_length=variable, batch_size=64)
+            cos = cosine_per_row(r["check_features"], ref)
+            check = {"prompts": int(len(ref)), "cosine_min": float(cos.min()),
+                     "reference": "text.fp32.onnx (onnxruntime), parity-checked against open_clip"}
+            labels, tname, tlist = job.sets[name]["labels"], job.sets[name]["template_set"], \
+                job.sets[name]["templates"]
+            emb, engine = r["embeddings"], r["engine"]
+            if not check["cosine_min"] >= PARITY_COSINE_MIN:
+                _say(progress, f"label set {name}: the background encoder disagrees with "
+                               f"text.fp32.onnx (cosine {check['cosine_min']:.6f}); encoding it "
+                               f"with ONNX Runtime")
+                from ..runtime.tokenizer import ClipTokenizer  # noqa: PLC0415
+
+                tok = ClipTokenizer(stage / TOKENIZER_FILE, context_length=text["context_length"])
+                enc = _batch_group_encoder(ort_run, variable_length=variable, batch_size=256)
+                emb = label_set_embeddings(enc, tok, labels, tlist, progress=progress)
+                engine = "onnxruntime-cpu text.fp32.onnx"
+            f = stage / f"labels.{name}.npy"
+            with open(f, "wb") as fh:
+                np.save(fh, np.asarray(emb, np.float32), allow_pickle=False)
+            sets[name] = {"file": f.name, "sha256": sha256_file(f), "labels": labels,
+                          "templates": len(tlist), "template_set": tname, "template_texts": tlist,
+                          "shape": list(emb.shape), "computed_with": engine, "check": check,
+                          "seconds": r["seconds"]}
+        text["label_sets"] = sets
+        text["default_label_set"] = next(iter(sets), None)
+        text["label_sets_wait_seconds"] = round(time.perf_counter() - t1, 2)
+    finally:
+        job.cancel()
+        shutil.rmtree(job.work, ignore_errors=True)
+
+
 def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: dict, *,
                    progress: Progress = None, label_sets: list[str] | tuple[str, ...] | None = None,
-                   templates: dict[str, str | list[str]] | None = None) -> dict:
+                   templates: dict[str, str | list[str]] | None = None,
+                   label_job=None) -> dict:
     """Export the text tower, tokenizer and label-set embeddings into ``stage_dir`` and fill
     ``manifest["text"]`` (also returned). Does not write the manifest file itself.
 
     ``label_sets`` / ``templates`` default to the recipe's ``[clip]`` table (``label_sets``,
     ``templates = {set = template set}``), else imagenet + cifar10 with their standard ensembles.
+    With ``label_job`` (``start_label_sets``) the label sets are left to it and to
+    ``finish_label_sets``.
     """
     open_clip = _import_open_clip()
     import torch  # noqa: PLC0415
@@ -692,7 +851,7 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
     # -- label sets (see the module docstring for why this is fast)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sets: dict[str, dict] = {}
-    if names:
+    if names and label_job is None:
         t1 = time.perf_counter()
         clip.to(device)
         try:
@@ -732,7 +891,7 @@ def add_text_tower(built: BuiltModel, stage_dir: str | os.PathLike, manifest: di
                              or clip.logit_scale.detach().exp().item()),
         "logit_bias": built.extra.get("logit_bias"),
         "label_sets": sets,
-        "default_label_set": names[0] if names else None,
+        "default_label_set": names[0] if names and label_job is None else None,
         "templates": list(prompt_data()["templates"]["custom"]),
         "export_seconds": round(time.perf_counter() - t0, 2),
         **timings,

@@ -7,6 +7,7 @@ leaves the previous artifact (or nothing) exactly as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -175,7 +176,16 @@ def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
     output_name = "embedding" if is_clip else "logits"
     spec = recipe.preprocess_dict()
 
-    with staged_directory(out) as stage:
+    with staged_directory(out) as stage, contextlib.ExitStack() as cleanup:
+        label_job = None
+        if is_clip:  # the label sets' arithmetic runs beside everything below (label_job.py)
+            from .clip import start_label_sets
+
+            label_job = start_label_sets(built, stage, label_sets=label_sets, templates=templates)
+            if label_job is not None:
+                cleanup.callback(label_job.cancel)   # an error or Ctrl-C stops the child too
+                if hasattr(progress, "background"):
+                    progress.background = label_job.status
         onnx_path = stage / onnx_file_name("fp32")
         _say(progress, f"exporting to ONNX (opset {opset})")
         exp = onnx_from_torch(built.module, onnx_path, input_shape=tuple(recipe.input_size),
@@ -237,18 +247,27 @@ def export_model(model_name: str, *, weights: str | os.PathLike = "pretrained",
             _say(progress, "exporting the CLIP text tower and label embeddings")
             t0 = time.perf_counter()
             add_text_tower(built, stage, manifest, progress=progress, label_sets=label_sets,
-                           templates=templates)
+                           templates=templates, label_job=label_job)
             manifest["export"]["text_seconds"] = round(time.perf_counter() - t0, 2)
             write_manifest(stage, manifest)
 
         if quantize_artifact is not None:
             _say(progress, "quantizing: " + " + ".join(p for p, on in (("INT8", int8), ("FP16", fp16)) if on))
             quantize_artifact(stage, int8=int8, fp16=fp16, calib=calib, calib_size=calib_size,
-                              target=target, max_drop=max_drop, progress=progress)
+                              target=target, max_drop=max_drop, progress=progress, keep_going=True)
         # quantize_artifact rewrote the manifest on disk; record the total time on top of it
         from ..runtime.artifact import read_manifest
 
         m = read_manifest(stage)
+        if label_job is not None:
+            from .clip import finish_label_sets
+
+            t0 = time.perf_counter()
+            finish_label_sets(stage, m, label_job, progress=progress)
+            m["export"]["text_seconds"] = round(m["export"].get("text_seconds", 0)
+                                                + time.perf_counter() - t0, 2)
+            if hasattr(progress, "background"):
+                progress.background = None
         m.setdefault("export", {})["total_seconds"] = round(time.perf_counter() - t_start, 2)
         write_manifest(stage, m)
         _usual_permissions(stage)

@@ -117,13 +117,19 @@ def _remove_stale_work(artifact_dir: Path) -> None:
 def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: bool = False,
                       calib: str | Path | None = None, calib_size: int | None = None,
                       target: str = "auto", max_drop: float | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+                      progress: Callable[[str], None] | None = None,
+                      keep_going: bool = False) -> dict[str, dict]:
     """Add ``model.int8.onnx`` and/or ``model.fp16.onnx`` (and the CLIP text tower's) to an artifact.
 
     Returns {precision: manifest file entry} ("int8", "fp16", and "text.int8" / "text.fp16" for
     CLIP). Every file is built in a temporary path inside the artifact and only moved into place
     (and into the manifest) once all requested conversions passed their checks; a failure leaves
     the artifact exactly as it was.
+
+    ``keep_going`` (what ``edgeinfer export --int8`` uses): an INT8 file the accuracy guard
+    rejects is left out, with the reason in the manifest (``quantization_rejected`` and
+    ``warnings``), and the other precisions are still added, instead of failing the whole call
+    (and, in an export, losing the FP32 export done before it).
     """
     from ..runtime.artifact import Artifact
     from ..backends.hw import cpu_info
@@ -171,26 +177,39 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
     try:
         common = {"isa_tier": cpu["int8_tier"], "cpu_model": cpu["model"],
                   "budget_metric_reason": why}
+        rejected: dict[str, str] = {}
         if int8:
             tmp = work / "model.int8.onnx"
-            if target_engine == "openvino":
-                from .openvino import quantize_for_openvino
+            from ..errors import AccuracyBudgetError
 
-                info, out = quantize_for_openvino(
-                    fp32, tmp, calib=calib_set, quantize_cfg=quantize_rules, output_kind=out_kind,
-                    budget_kind=bkind, max_drop=budget, workdir=work, ref=ref, progress=say)
+            try:
+                if target_engine == "openvino":
+                    from .openvino import quantize_for_openvino
+
+                    info, out = quantize_for_openvino(
+                        fp32, tmp, calib=calib_set, quantize_cfg=quantize_rules,
+                        output_kind=out_kind, budget_kind=bkind, max_drop=budget, workdir=work,
+                        ref=ref, progress=say)
+                else:
+                    from .int8 import quantize_int8
+
+                    info, out = quantize_int8(
+                        fp32, tmp, settings=choose_int8_settings(target_engine, cpu),
+                        calib=calib_set, quantize_cfg=quantize_rules, output_kind=out_kind,
+                        budget_kind=bkind, max_drop=budget, workdir=work, progress=say,
+                        ref_holdout=ref)
+            except AccuracyBudgetError as e:
+                if not keep_going:
+                    raise
+                rejected["int8"] = str(e)
+                say("INT8 rejected by the accuracy guard; going on without it")
             else:
-                from .int8 import quantize_int8
-
-                info, out = quantize_int8(fp32, tmp, settings=choose_int8_settings(target_engine, cpu),
-                                     calib=calib_set, quantize_cfg=quantize_rules, output_kind=out_kind,
-                                     budget_kind=bkind, max_drop=budget, workdir=work,
-                                     progress=say, ref_holdout=ref)
-            extra = {"quantization": {**info, **common}, "fidelity": info["fidelity"],
-                     "parity": _parity_summary(info["fidelity"], len(calib_set.holdout), calib_set.source)}
-            if acc32 is not None:
-                extra["labelled"] = labelled(out)
-            pending.append((tmp, "int8", "image", extra))
+                extra = {"quantization": {**info, **common}, "fidelity": info["fidelity"],
+                         "parity": _parity_summary(info["fidelity"], len(calib_set.holdout),
+                                                   calib_set.source)}
+                if acc32 is not None:
+                    extra["labelled"] = labelled(out)
+                pending.append((tmp, "int8", "image", extra))
         if fp16:
             from .fp16 import convert_fp16
 
@@ -203,7 +222,8 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
                 extra["labelled"] = labelled(out)
             pending.append((tmp, "fp16", "image", extra))
         if "fp32" in art.files("text"):
-            pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say))
+            pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say,
+                                       rejected=rejected if keep_going else None))
         # everything passed: move the files into place (atomic renames + manifest rewrite)
         results: dict[str, dict] = {}
         for tmp, prec, tower, extra in pending:
@@ -212,13 +232,25 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             entry = art.add_file(tmp, precision=prec, tower=tower, **kw, **extra)
             results[prec if tower == "image" else f"{tower}.{prec}"] = entry
             say(f"added {entry['file']}")
+        if rejected:
+            from ..runtime.artifact import read_manifest, write_manifest
+
+            m = read_manifest(art.dir)
+            m["quantization_rejected"] = {**(m.get("quantization_rejected") or {}), **rejected}
+            m.setdefault("warnings", []).extend(
+                f"{'text tower INT8' if k.startswith('text') else 'INT8'} not written: {v}"
+                for k, v in rejected.items())
+            write_manifest(art.dir, m)
+            art.manifest = m
         return results
     finally:
         tmp_ctx.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
+def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress,
+                rejected: dict | None = None) -> list:
+    """``rejected``: record an INT8 the guard rejects there instead of raising."""
     """CLIP text tower: dynamic (weight-only) INT8 of MatMul/Gemm, and FP16; cosine on prompts."""
     from .graph import run_model
 
@@ -241,17 +273,20 @@ def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress) -> list:
                          per_channel=False, weight_type=QuantType.QInt8)
         q = run_model(tmp, tokens)
         fid = guard.fidelity(ref, q, "embedding")
-        if not guard.within(fid, "embedding", guard.DEFAULT_MAX_DROP["embedding"]):
-            from ..errors import AccuracyBudgetError
-
-            raise AccuracyBudgetError(
-                f"CLIP text tower INT8 (dynamic, weight-only) cosine to FP32 is "
-                f"{fid['cosine_mean']:.4f} < 0.99 on {len(tokens)} prompts; use --fp16.")
         info = {"method": "dynamic-weight-only", "engine": "onnxruntime.quantization",
                 "op_types": ["MatMul", "Gemm"], "weight_type": "QInt8", "per_channel": False,
                 "inputs": tok_src, "graph": prep, "seconds": round(time.perf_counter() - t0, 2)}
-        out.append((tmp, "int8", "text", {"quantization": info, "fidelity": {
-            **fid, "prompts": len(tokens), "inputs": tok_src, "reference": "fp32"}}))
+        if guard.within(fid, "embedding", guard.DEFAULT_MAX_DROP["embedding"]):
+            out.append((tmp, "int8", "text", {"quantization": info, "fidelity": {
+                **fid, "prompts": len(tokens), "inputs": tok_src, "reference": "fp32"}}))
+        else:
+            msg = (f"CLIP text tower INT8 (dynamic, weight-only) cosine to FP32 is "
+                   f"{fid['cosine_mean']:.4f} < 0.99 on {len(tokens)} prompts; use --fp16.")
+            if rejected is None:
+                from ..errors import AccuracyBudgetError
+
+                raise AccuracyBudgetError(msg)
+            rejected["text.int8"] = msg
     if fp16:
         from .fp16 import convert_fp16
 
