@@ -171,10 +171,14 @@ def product(vs, qs: list[np.ndarray], k: int) -> dict:
 # ------------------------------------------------------------------ 4. HTTP
 # The server as shipped binds its socket with proto 0, and asyncio sets TCP_NODELAY only on
 # sockets whose proto is IPPROTO_TCP: on a keep-alive connection the response's second write
-# then waits for the client's delayed ACK (~40 ms on Linux). This runs the same CLI with the
-# listening socket made with IPPROTO_TCP (the one-line fix proposed for edgeinfer/cli/serve.py),
-# to show what that costs next to the server as shipped.
-NODELAY = """import socket, sys
+# then waits for the client's delayed ACK (~40 ms on Linux). PATCHES["nodelay"] runs the same CLI
+# with the listening socket made with IPPROTO_TCP (the one-line fix proposed for
+# edgeinfer/cli/serve.py); PATCHES["text"] opens the text tower as
+# runtime.selection.text_tower_pick chooses it (the wiring proposed for Model.tower_session).
+# Both show what the proposals buy next to the server as shipped; drop them once they land.
+PATCHES = {
+    "nodelay": """
+import socket
 _socket = socket.socket
 class _TCP(_socket):
     def __init__(self, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0, fileno=None):
@@ -182,14 +186,36 @@ class _TCP(_socket):
             proto = socket.IPPROTO_TCP
         super().__init__(family, type, proto, fileno)
 socket.socket = _TCP
-from edgeinfer.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+""",
+    "text": """
+import dataclasses
+from edgeinfer.runtime import model as _m
+_orig = _m.Model.tower_session
+def _tower_session(self, tower="text"):
+    from edgeinfer.backends import create_session
+    from edgeinfer.runtime.selection import engine_options, text_tower_pick
+    if tower != "text":
+        return _orig(self, tower)
+    with self._lock:
+        if tower not in self._towers:
+            prov, prec, why = text_tower_pick(self.selection, self.artifact)
+            print("text tower:", prov, prec, why, flush=True)
+            sel = self.selection if prov == self.provider else dataclasses.replace(
+                self.selection, provider=prov, device="CPU", threads=None)
+            opts = engine_options(sel, self.artifact, tower="text", precision=prec,
+                                  batch_size=self.batch_size, **self._engine_kw)
+            self._towers[tower] = create_session(self.artifact.path(prec, "text"), provider=prov, options=opts)
+        return self._towers[tower]
+_m.Model.tower_session = _tower_session
+""",
+}
 
 
-def start_server(clip: str, lib: Path, provider: str, *, nodelay: bool = False
+def start_server(clip: str, lib: Path, provider: str, *, patches: tuple[str, ...] = ()
                  ) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, *(["-c", NODELAY] if nodelay else ["-m", "edgeinfer.cli.main"]), "serve",
+    code = "".join(PATCHES[p] for p in patches) + \
+        "import sys\nfrom edgeinfer.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    cmd = [sys.executable, *(["-c", code] if patches else ["-m", "edgeinfer.cli.main"]), "serve",
            clip, "--port", "0", "--library", str(lib), "--provider", provider, "--log-level", "warning"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -207,8 +233,8 @@ def start_server(clip: str, lib: Path, provider: str, *, nodelay: bool = False
 
 
 def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n: int, *,
-                nodelay: bool = False) -> dict:
-    p, url = start_server(clip, lib, provider, nodelay=nodelay)
+                patches: tuple[str, ...] = ()) -> dict:
+    p, url = start_server(clip, lib, provider, patches=patches)
     try:
         host = urllib.parse.urlparse(url)
         conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
@@ -239,7 +265,7 @@ def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n
         get("a second search of the snapshot starts its int8 index")
         time.sleep(4.0)  # the index builds in the background (about a second per 100k rows)
         conn.close()     # uvicorn drops keep-alive connections idle for 5 s: start a fresh one
-        ms, bodies = timed(get, [f"http{' nodelay' if nodelay else ''} {t}" for t in texts], warmup=5)
+        ms, bodies = timed(get, [f"http {'+'.join(patches)} {t}" for t in texts], warmup=5)
         server = [b["time_ms"] for b in bodies]
         return {"first_request_s": round(first_s, 2), "client_ms": pct(ms), "server_time_ms": pct(server),
                 "http_overhead_ms_p50": round(float(np.median(np.asarray(ms) - np.asarray(server))), 2)}
@@ -284,6 +310,9 @@ def main(argv=None) -> int:
         res["text_tower"], res["tokenizer"] = text_towers(args.clip, avail, texts)
         model = edgeinfer.load(args.clip, provider=args.provider)
         res["default"] = {"provider": model.provider, "precision": model.precision, "reason": model.reason}
+        from edgeinfer.runtime.selection import text_tower_pick
+
+        res["text_pick"] = " / ".join(text_tower_pick(model.selection, model.artifact))
         args.dim = int(model.artifact.manifest["output"]["dim"])
         # the store rows belong to the model the server will run (its image file's sha256)
         sha = Artifact(args.clip).entry(model.precision).get("sha256")
@@ -307,13 +336,16 @@ def main(argv=None) -> int:
             res["text_search_in_process_ms"] = pct(ms)
             model.close()
     if args.clip and not args.no_http:
-        res["http"] = http_search(args.clip, work / "lib.db", args.provider, texts, args.k, args.n)
-        res["http_nodelay"] = http_search(args.clip, work / "lib.db", args.provider, texts, args.k,
-                                          args.n, nodelay=True)
+        for key, patches in HTTP_RUNS:
+            res[key] = http_search(args.clip, work / "lib.db", args.provider, texts, args.k, args.n,
+                                   patches=patches)
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     res["loadavg"] = load
     write_results(args.out, markdown(res), res)
     return 0
+
+
+HTTP_RUNS = (("http", ()), ("http_nodelay", ("nodelay",)), ("http_nodelay_text", ("nodelay", "text")))
 
 
 def _available(providers: list[str]) -> list[str]:
@@ -336,7 +368,9 @@ def markdown(r: dict) -> list[str]:
         L += ["## End to end: `GET /v1/search` on a real `edgeinfer serve` (one client, keep-alive)", "",
               "| server | client round trip p50 | p90 | p99 | server `time_ms` p50 | p90 | p99 | HTTP overhead p50 |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for key, what in (("http", "as shipped"), ("http_nodelay", "with TCP_NODELAY (proposed fix)")):
+        for key, patches in HTTP_RUNS:
+            what = {(): "as shipped", ("nodelay",): "+ TCP_NODELAY (proposed)",
+                    ("nodelay", "text"): "+ TCP_NODELAY + text tower by `text_tower_pick` (proposed)"}[patches]
             h = r.get(key)
             if h:
                 c, s = h["client_ms"], h["server_time_ms"]
@@ -348,7 +382,9 @@ def markdown(r: dict) -> list[str]:
                   f"matrix) {h['first_request_s']} s. Server engine: {r['default']['provider']}/"
                   f"{r['default']['precision']}. As shipped, the listening socket has proto 0, so asyncio "
                   f"does not set TCP_NODELAY and each keep-alive response waits for the client's delayed "
-                  f"ACK; the second row runs the same server with the socket made with IPPROTO_TCP.", ""]
+                  f"ACK; the second row runs the same server with the socket made with IPPROTO_TCP, the third "
+                  f"also opens the text tower as `runtime.selection.text_tower_pick` chooses it "
+                  f"({r.get('text_pick') or '?'}) instead of following the image tower.", ""]
     if r.get("text_tower"):
         L += ["## CLIP text tower, one query (batch 1, trimmed to its tokens)", "",
               f"Tokens per query: median {r['tokenizer']['tokens_p50']:.0f}, max {r['tokenizer']['tokens_max']}; "

@@ -292,3 +292,12 @@ def test_text_tower_measurements_win_and_never_touch_the_image_pick(tmp_path):
     record_tuning(art, [m("openvino", "fp32", 5.0)])
     prov, _, why = text_tower_pick(_sel(), art, cpu=AMD, usable=lambda p: (p == "cpu", "not installed"))
     assert prov == "cpu" and "not usable here" in why
+
+
+def test_text_tower_reason_names_the_engine_and_why(tmp_path):
+    from edgeinfer.runtime.selection import text_tower_pick
+
+    art = _Art(tmp_path / "a", {"fp32": {}})
+    assert "ONNX Runtime CPU" in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
+    assert "Intel" in text_tower_pick(_sel("openvino"), art, cpu=INTEL, usable=_ok)[2]
+    assert "Intel" not in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]

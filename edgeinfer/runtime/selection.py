@@ -440,9 +440,13 @@ def text_tower_pick(selection: Selection, artifact: Any, *, cpu: dict | None = N
     provider = selection.provider if intel else "cpu"
     if provider != selection.provider and not usable(provider)[0]:
         provider = selection.provider
-    why = ("heuristic: the image tower's engine on an Intel CPU" if provider == selection.provider
-           else "heuristic: ONNX Runtime CPU (measured faster than OpenVINO for the batch-1 text "
-                "tower on a non-Intel CPU)")
+    if intel:
+        why = "heuristic: the image tower's engine on an Intel CPU"
+    elif provider == "cpu":
+        why = ("heuristic: ONNX Runtime CPU (measured faster than OpenVINO for the batch-1 text "
+               "tower on a non-Intel CPU)")
+    else:
+        why = "the image tower's engine (ONNX Runtime CPU is not usable here)"
     prec = "fp32" if "fp32" in have else have[0]
     if provider == "cpu" and "int8" in have:
         ok, guard = _text_int8_guard(artifact.entry("int8", "text"))
