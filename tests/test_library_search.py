@@ -300,4 +300,4 @@ def test_text_tower_reason_names_the_engine_and_why(tmp_path):
     art = _Art(tmp_path / "a", {"fp32": {}})
     assert "ONNX Runtime CPU" in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
     assert "Intel" in text_tower_pick(_sel("openvino"), art, cpu=INTEL, usable=_ok)[2]
-    assert "Intel" not in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
+    assert "on an Intel CPU" not in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
