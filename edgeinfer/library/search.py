@@ -9,17 +9,18 @@ float64 sum of the exact products of the stored float32 values. Two ways reach t
   reads the whole N x D float32 matrix per query (100,000 x 512: 195 MB) and is memory-bound.
 - ``Int8Index``: the same snapshot quantised to int8 per row (a quarter of the bytes) in an ONNX
   Runtime ``MatMulInteger`` whose constant matrix is pre-packed once, so a query is one integer
-  matrix-vector product (several times faster than the float32 one; benchmarks/search.md). Each
+  matrix-vector product (2-3x faster than the float32 path at 100,000 x 512 on a 2-core EPYC,
+  benchmarks/results/search.md). Each
   row's int8 score comes with a guaranteed error bound (the quantisation residual norms of row
   and query, by Cauchy-Schwarz), so every row that could be in the exact top k is kept and
   re-scored in float64: identical ids, order and scores to ``exact_top_k``, never approximate.
 
 ``top_k`` picks: a snapshot (``Store.vectors``) searched a second time with at least
 ``INDEX_MIN_ROWS`` rows gets an index built in a background thread (about a second per 100,000
-rows on a 2-core EPYC);
-until it is ready, and for one-off subsets (a category filter), the exact product answers. A
-store write makes a new snapshot, so an index never serves stale rows. Past a few million rows
-per model an approximate index (HNSW) would take over, at the cost of approximate recall.
+rows on a 2-core EPYC); until it is ready, and for one-off subsets (a category filter), the
+exact product answers. A store write makes a new snapshot, so an index never serves stale rows.
+Past a few million rows per model an approximate index (HNSW) would take over, at the cost of
+approximate recall.
 """
 from __future__ import annotations
 
