@@ -301,3 +301,25 @@ def test_text_tower_reason_names_the_engine_and_why(tmp_path):
     assert "ONNX Runtime CPU" in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
     assert "Intel" in text_tower_pick(_sel("openvino"), art, cpu=INTEL, usable=_ok)[2]
     assert "on an Intel CPU" not in text_tower_pick(_sel("cpu"), art, cpu=AMD, usable=_ok)[2]
+
+
+def test_a_replaced_snapshot_nobody_holds_is_not_indexed(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(search, "INDEX_MIN_ROWS", 100)
+    built = []
+    monkeypatch.setattr(search, "build_index", lambda vs: built.append(len(vs.ids)))
+    rng = np.random.default_rng(8)
+    with search._one_build:                    # a build is running: the next one waits its turn
+        vs = vectorset(unit_rows(rng, 300, 16))
+        q = rng.normal(size=16).astype(np.float32)
+        top_k(vs, q, 3), top_k(vs, q, 3)       # queues its build
+        kept = vectorset(unit_rows(rng, 200, 16))
+        top_k(kept, q, 3), top_k(kept, q, 3)
+        del vs                                 # replaced by the store, no request holds it
+        gc.collect()
+    deadline = time.monotonic() + 10
+    while not built and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert built == [200] and kept is not None

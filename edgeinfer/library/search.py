@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -36,7 +37,8 @@ _F32_EPS = 2.0 ** -24       # float32 unit roundoff
 _Q_LEVELS = 63              # query quantised to [-63, 63] (7 bits + zero point 64 as uint8):
                             # u8 x s8 pairs then stay below int16 saturation on AVX2 (no VNNI)
 _R_LEVELS = 127             # rows quantised to [-127, 127] (int8)
-_build_lock = threading.Lock()
+_build_lock = threading.Lock()   # guards the index state in VectorSet.derived
+_one_build = threading.Lock()    # one background build at a time
 
 
 def _check_query(vs: VectorSet, query) -> np.ndarray:
@@ -266,11 +268,19 @@ def build_index(vs: VectorSet) -> Int8Index:
 
 
 def _build_in_background(vs: VectorSet) -> None:
+    """One build at a time (each holds ~2x the int8 matrix while it runs); a snapshot the store
+    has replaced and no request holds any more by the time its turn comes is not built."""
+    ref = weakref.ref(vs)
+
     def run():
-        try:
-            build_index(vs)
-        except Exception:  # noqa: BLE001 - recorded as "failed"; exact search answers
-            pass
+        with _one_build:
+            target = ref()
+            if target is None:
+                return
+            try:
+                build_index(target)
+            except Exception:  # noqa: BLE001 - recorded as "failed"; exact search answers
+                pass
 
     threading.Thread(target=run, name="edgeinfer-search-index", daemon=True).start()
 
