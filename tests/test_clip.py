@@ -490,7 +490,7 @@ def test_background_label_job_matches_open_clip(tiny_config, tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     job = start_label_sets(built, stage)
-    assert job is not None and job.proc.poll() is None or job.proc.returncode == 0
+    assert job is not None and len(job.workers) >= 1
     m = {"opset": 18}
     text = add_text_tower(built, stage, m, label_job=job)
     assert text["label_sets"] == {} and text["default_label_set"] is None
@@ -517,7 +517,7 @@ def test_background_label_job_killed_is_an_export_error(tiny_config, tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     job = start_label_sets(built, stage)
-    job.proc.kill()
+    job.workers[-1].proc.kill()
     m = {"opset": 18}
     add_text_tower(built, stage, m, label_job=job)
     with pytest.raises(ExportError, match="label-set encoder process was killed by signal 9"):

@@ -761,6 +761,7 @@ def finish_label_sets(stage_dir: str | os.PathLike, manifest: dict, job, *,
         text["label_sets"] = sets
         text["default_label_set"] = next(iter(sets), None)
         text["label_sets_wait_seconds"] = round(time.perf_counter() - t1, 2)
+        text["label_sets_process"] = job.timing
     finally:
         job.cancel()
         shutil.rmtree(job.work, ignore_errors=True)

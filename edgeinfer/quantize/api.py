@@ -215,7 +215,8 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
 
             tmp = work / "model.fp16.onnx"
             info, out = convert_fp16(fp32, tmp, holdout=calib_set.holdout, ref=ref, output_kind=out_kind,
-                                budget_kind=bkind, max_drop=budget, progress=say)
+                                budget_kind=bkind, max_drop=budget, progress=say,
+                                float_ops=quantize_rules.get("fp16_keep_float_ops") or ())
             extra = {"conversion": {**info, **common}, "fidelity": info["fidelity"],
                      "parity": _parity_summary(info["fidelity"], len(calib_set.holdout), calib_set.source)}
             if acc32 is not None:
@@ -223,7 +224,8 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
             pending.append((tmp, "fp16", "image", extra))
         if "fp32" in art.files("text"):
             pending.extend(_text_tower(art, work, int8=int8, fp16=fp16, progress=say,
-                                       rejected=rejected if keep_going else None))
+                                       rejected=rejected if keep_going else None,
+                                       fp16_float_ops=quantize_rules.get("fp16_keep_float_ops") or ()))
         # everything passed: move the files into place (atomic renames + manifest rewrite)
         results: dict[str, dict] = {}
         for tmp, prec, tower, extra in pending:
@@ -249,7 +251,7 @@ def quantize_artifact(artifact_dir: str | Path, *, int8: bool = False, fp16: boo
 
 
 def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress,
-                rejected: dict | None = None) -> list:
+                rejected: dict | None = None, fp16_float_ops=()) -> list:
     """``rejected``: record an INT8 the guard rejects there instead of raising."""
     """CLIP text tower: dynamic (weight-only) INT8 of MatMul/Gemm, and FP16; cosine on prompts."""
     from .graph import run_model
@@ -293,6 +295,6 @@ def _text_tower(art, work: Path, *, int8: bool, fp16: bool, progress,
         say("text tower: FP16")
         tmp = work / "text.fp16.onnx"
         info, _ = convert_fp16(src, tmp, holdout=tokens, ref=ref, output_kind="embedding",
-                               progress=say)
+                               progress=say, float_ops=fp16_float_ops)
         out.append((tmp, "fp16", "text", {"conversion": info, "fidelity": info["fidelity"]}))
     return out

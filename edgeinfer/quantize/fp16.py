@@ -140,8 +140,13 @@ def _parity(ref: np.ndarray, out: np.ndarray, fkind: str, budget_kind: str,
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.ndarray,
                  ref: np.ndarray | None = None, output_kind: str = "logits",
                  budget_kind: str | None = None, max_drop: float | None = None,
-                 progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+                 progress: Callable[[str], None] | None = None,
+                 float_ops: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], np.ndarray]:
     """Write an FP16 version of ``fp32_path`` to ``out_path``; return the manifest info.
+
+    ``float_ops``: op types the recipe keeps in float from the first try (the recipe's
+    ``fp16_keep_float_ops``; CLIP: LayerNormalization, whose FP16 form crashes ONNX Runtime 1.32's
+    CPU graph optimizer, which otherwise costs a crashed probe and a second conversion).
 
     Raises ParityError when neither plain FP16 nor the mixed-precision fallback keeps parity.
     """
@@ -163,7 +168,9 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
     say(f"FP16: converting ({len(node_block)} nodes kept in float for overflow)")
     attempts = []
     extra_ops: list[str] = []
-    for extra_ops in ([], ["LayerNormalization"]):
+    first = sorted(set(float_ops))
+    tries = [first] + ([] if "LayerNormalization" in first else [first + ["LayerNormalization"]])
+    for extra_ops in tries:
         blk = sorted(set(op_block) | set(extra_ops))
         with warnings.catch_warnings():  # "float32 number 1e-8 will be truncated": expected
             warnings.simplefilter("ignore")
@@ -175,8 +182,8 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, holdout: np.nda
         attempts.append({"extra_block_ops": extra_ops, "error": problem})
         if problem is None:
             break
-        say(f"FP16: {problem}" + ("" if extra_ops else "; retrying with LayerNormalization "
-                                                          "kept in float"))
+        say(f"FP16: {problem}" + ("; retrying with LayerNormalization kept in float"
+                                  if extra_ops is not tries[-1] else ""))
     op_block = blk
     info: dict[str, Any] = {"method": "onnxconverter-common float16", "keep_io_types": True,
                             "op_block_list": op_block, "node_block_list": node_block,

@@ -185,8 +185,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, settings: Int8
             lo = k
             stalled = stalled + 1 if prev - st["drop"] < NO_PROGRESS * (prev - budget) else 0
             if stalled >= NO_PROGRESS_STEPS:
-                why = (f"the drop did not shrink as the most sensitive nodes went to float, so "
-                       f"the error is spread over the model")
+                why = ("the drop did not shrink as the most sensitive nodes went to float, so "
+                       "the error is spread over the model")
                 break
             if k >= k_max:
                 why = (f"more than {MAX_FLOAT_SHARE:.0%} of them in float would make the file "
