@@ -236,17 +236,25 @@ def stage_export(work: Path) -> dict:
     out_dir = work / "clip_vit_b32"
     cmd = [str(REPO / ".venv/bin/edgeinfer"), "export", "--model", "clip_vit_b32", "--weights",
            "random", "--int8", "--fp16", "--out", str(out_dir)]
+    import resource
+
     l0 = load()
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     res = {"command": shlex.join(cmd), "returncode": p.returncode, "seconds": round(dt, 1),
-           "load_before": l0, "load_after": load(), "stderr_tail": p.stderr[-3000:]}
+           "cpu_seconds": round(cpu, 1), "load_before": l0, "load_after": load(),
+           "stderr_tail": p.stderr[-3000:]}
     if p.returncode == 0:
         m = json.loads((out_dir / "manifest.json").read_text())
         res["manifest_export"] = m.get("export")
         t = m.get("text", {})
-        res["text"] = {k: t.get(k) for k in ("tower_seconds", "label_sets_seconds", "export_seconds")}
+        res["text"] = {k: t.get(k) for k in ("tower_seconds", "label_sets_seconds", "export_seconds",
+                                             "label_sets_wait_seconds", "label_sets_process")}
+        res["quantization_rejected"] = m.get("quantization_rejected")
         res["label_sets"] = {n: {k: s.get(k) for k in ("computed_with", "check", "seconds", "templates")}
                              for n, s in t.get("label_sets", {}).items()}
         res["files"] = sorted(m.get("files", {})) + [f"text/{p}" for p in t.get("files", {})]
@@ -346,7 +354,9 @@ def write(results: dict, out: Path) -> None:
     if "export" in results:
         r = results["export"]
         md += ["## The default export end to end\n", f"`{r['command']}`: exit {r['returncode']}, "
-               f"**{r['seconds']} s** (load {r['load_before'][0]} -> {r['load_after'][0]}).  ",
+               f"**{r['seconds']} s** wall, {r.get('cpu_seconds')} CPU-s (load "
+               f"{r['load_before'][0]} -> {r['load_after'][0]}).  ",
+               f"Not written (accuracy guard): {json.dumps(r.get('quantization_rejected'))}.  ",
                f"Stages (manifest): {json.dumps(r.get('manifest_export'))}; text: "
                f"{json.dumps(r.get('text'))}.  ", f"Files: {', '.join(r.get('files', []))}.\n"]
     if "runtime" in results:
