@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     ap.add_argument("--provider", default="auto", help="engine of the default load and the server")
     ap.add_argument("--providers", default="cpu,openvino", help="engines compared for the text tower")
     ap.add_argument("--no-http", action="store_true", help="skip the end-to-end service run")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
 
     from edgeinfer.bench.fingerprint import machine_fingerprint
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
                                    patches=patches)
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     res["loadavg"] = load
-    write_results(args.out, markdown(res), res)
+    write_results(Path(args.out).with_suffix(".md"), markdown(res), res)
     return 0
 
 
