@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1024, help="GEMM size M=N=K")
     ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (one run of each per round)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peak.md"))
+    ap.add_argument("--note", action="append", default=[],
+                    help="a finding printed under the table (repeatable); say what the numbers mean")
     args = ap.parse_args(argv)
     from edgeinfer.backends.openvino import cpu_half_precision
     from edgeinfer.bench.fingerprint import machine_fingerprint
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     L += ["", "GOP/s of a pick = 2 x MACs (onnx-tool count of the FP32 graph, element-wise ops included) / "
           "batch-1 median latency. A conv/attention network at batch 1 cannot reach a large GEMM's rate "
           "(small matrices, memory-bound element-wise ops, per-op overhead); the column shows how far.", ""]
+    L += [f"- {n}" for n in args.note] + ([""] if args.note else [])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L))

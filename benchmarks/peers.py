@@ -67,6 +67,11 @@ def ensure_artifact(model: str, root: Path, photos: Path, *, calib_size: int | N
     d = root / model
     if (d / "manifest.json").exists():
         a = Artifact(d)
+        if "fp16" in a.precisions() and (model.startswith("clip") or (d / "no-int8").exists()):
+            # CLIP: an INT8 export of both towers costs tens of minutes on 2 cores; elsewhere a
+            # `no-int8` file says INT8 failed its accuracy guard at export. Compare what the
+            # artifact has (edgeinfer's pick is among its files) rather than re-export
+            return a
         if "int8" in a.precisions():
             if "fp16" not in a.precisions():  # artifacts made before FP16 was part of the run
                 from edgeinfer.quantize import quantize_artifact
@@ -270,6 +275,10 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
         L += [f"## {res['model']}" + (" (random weights)" if res["random_weights"] else ""), ""]
         if len(meta["command"].splitlines()) > 1 and res.get("command"):
             L += [f"Measured by `{res['command']}`.", ""]
+        if res.get("loadavg_start"):
+            L += [f"Load average (1/5/15 min) at start {tuple(res['loadavg_start'])}, at end "
+                  f"{tuple(res['loadavg_end'])}; files in the artifact: "
+                  f"{', '.join(res.get('precisions_in_artifact') or [])}.", ""]
         if ei.get("provider"):
             L += [f"edgeinfer chose **{ei['provider']}/{ei['precision']}** — {ei.get('reason', '')}", ""]
         L += ["| configuration | median ms | p90 ms | ratio vs edgeinfer | top-1 agree | top-5 overlap "
@@ -407,12 +416,16 @@ def main(argv=None) -> int:
         for model in [m for m in args.models.split(",") if m]:
             t0 = time.perf_counter()
             art = ensure_artifact(model, root, photos_dir, calib_size=args.calib)
+            load0 = os.getloadavg()
             if not args.no_tune and "edgeinfer" in configs:
                 tune(art, photos_dir, budget=min(args.budget, 3.0))
             x_eval, calib = photo_batches(art, photos, args.eval, args.calib)
             res = bench_model(art, x_eval, calib, batch=args.batch, budget=args.budget,
                               threads=args.threads, configs=configs, tmp=tmp)
             res["seconds"] = round(time.perf_counter() - t0, 1)
+            res["loadavg_start"], res["loadavg_end"] = [round(v, 2) for v in load0], \
+                [round(v, 2) for v in os.getloadavg()]
+            res["precisions_in_artifact"] = art.precisions()
             results.append(res)
             log(f"{model}: done in {res['seconds']} s")
     cmd = "python " + " ".join(shlex.quote(a) for a in

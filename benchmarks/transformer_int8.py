@@ -63,6 +63,9 @@ def quantize(art, variant: str, calib, work: Path) -> tuple[Path, dict]:
     meta = out.with_suffix(".json")
     if out.exists() and meta.exists():
         return out, json.loads(meta.read_text())
+    mine = work / f"{art.name}.edgeinfer.int8.json"
+    if variant == "raw" and mine.exists() and not json.loads(mine.read_text()).get("ignored_concat_consumers"):
+        return mine.with_suffix(".onnx"), json.loads(mine.read_text())  # nothing ignored: the same file
     transformer = bool((art.manifest.get("recipe") or {}).get("quantize", {}).get("transformer")) or \
         any(k in art.name for k in ("vit", "clip"))
     t0 = time.perf_counter()
@@ -108,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/edgeinfer-int8-ov")
     ap.add_argument("--quantize-only", action="store_true")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "transformer_int8.md"))
+    ap.add_argument("--note", action="append", default=[], help="a finding printed under the table")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the other models' rows already in the output's .json")
     args = ap.parse_args(argv)
     from edgeinfer.bench.fingerprint import machine_fingerprint
     from edgeinfer.runtime.artifact import Artifact
@@ -120,7 +126,11 @@ def main(argv=None) -> int:
         art = Artifact(d)
         calib, hold = photos_for(art, Path(args.photos), args.calib, args.holdout)
         shape = list(hold.shape[1:])
-        files = {v: quantize(art, v, calib, work) for v in args.variants.split(",") if v}
+        files: dict[str, tuple[Path, dict]] = {}
+        for v in [v for v in args.variants.split(",") if v]:
+            path, info = quantize(art, v, calib, work)
+            if all(path != p for p, _ in files.values()):  # "raw" is the same file where nothing is ignored
+                files[v] = (path, info)
         if args.quantize_only:
             continue
         ref_fn = compiled(art.path("fp32"), static=True, shape=shape)
@@ -151,6 +161,12 @@ def main(argv=None) -> int:
     if args.quantize_only:
         return 0
     load1 = os.getloadavg()
+    for r in results:
+        r["command"], r["loadavg"] = command_line(__file__, argv), [load0, load1]
+    out_json = Path(args.out).with_suffix(".json")
+    if args.append and out_json.exists():
+        old = json.loads(out_json.read_text()).get("results", [])
+        results = [r for r in old if r["model"] not in {n["model"] for n in results}] + results
     fp = machine_fingerprint()
     cmd = command_line(__file__, argv)
     L = ["# INT8 vs FP32 on OpenVINO CPU (NNCF), per model", "",
@@ -160,8 +176,9 @@ def main(argv=None) -> int:
          f"Calibration: the first {args.calib} shared photos; fidelity on the last {args.holdout} "
          f"(not calibrated on), cosine vs the FP32 file on OpenVINO (f32). Latency: batch 1, static "
          f"shape, {args.rounds} interleaved rounds, median.", "",
-         f"**Load average** (1/5/15 min) before {tuple(round(v, 2) for v in load0)}, after "
-         f"{tuple(round(v, 2) for v in load1)}.", "", "```", cmd, "```", "",
+         "Commands, with the load average (1/5/15 min) before and after each:", "", "```",
+         *[f"{c}    # load {tuple(round(v, 2) for v in la[0])} -> {tuple(round(v, 2) for v in la[1])}"
+           for c, la in dict((r["command"], r["loadavg"]) for r in results).items()], "```", "",
          "| model | variant | cosine mean (static b1) | cosine min | dynamic-batch output absmax | "
          "dynamic cosine mean | median ms | vs FP32 | quantize s | float (ignored) nodes |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -176,7 +193,7 @@ def main(argv=None) -> int:
                      f"{r['cos'][0]:.5f} | {r['cos'][1]:.5f} | {amax} | {dcos} | "
                      f"{r['median_ms']:.2f} | {r['median_ms'] / base:.2f}x | {info.get('seconds', '')} | "
                      f"{'' if ign is None else (', '.join(ign) or 'none')} |")
-    L += [""]
+    L += [""] + [f"- {n}" for n in args.note] + [""]
     write_results(args.out, L, {"command": cmd, "loadavg_before": load0, "loadavg_after": load1,
                                 "machine": fp, "results": results})
     return 0
