@@ -268,6 +268,7 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
          "so fidelity, not labelled accuracy, is the meaningful accuracy measure.", ""]
     if meta.get("noisy"):
         L += [f"> **Note:** {meta['noisy']}", ""]
+    L += summary(all_res)
     for res in all_res:
         rows = res["rows"]
         ei = rows.get("edgeinfer", {})
@@ -305,6 +306,28 @@ def to_markdown(all_res: list[dict], meta: dict) -> str:
                      f"{_f(fd.get('cosine_min'), 5)} | {'; '.join(note)} |")
         L += [""] + [f"- {n}" for n in findings(res)] + [""]
     return "\n".join(L) + "\n"
+
+
+def summary(all_res: list[dict], *, min_cos: float = 0.99) -> list[str]:
+    """Issue 17's table: edgeinfer's pick / the fastest peer whose cosine to FP32 is >= min_cos."""
+    L = [f"Summary: ratio = edgeinfer's median / the fastest peer with cosine mean >= {min_cos} "
+         "(goal <= 0.8 with edgeinfer's own cosine >= 0.999).", "",
+         "| model | edgeinfer pick | edgeinfer ms | edgeinfer cosine | fastest acceptable peer | peer ms "
+         "| ratio |", "|---|---|---:|---:|---|---:|---:|"]
+    for res in all_res:
+        rows = res["rows"]
+        ei = rows.get("edgeinfer", {})
+        if "latency" not in ei:
+            continue
+        peers = [(r["latency"]["median_ms"], r["title"]) for c, r in rows.items()
+                 if c != "edgeinfer" and "latency" in r
+                 and ((r.get("fidelity") or {}).get("cosine_mean") or 0.0) >= min_cos]
+        ms, title = min(peers) if peers else (None, "–")
+        eim = ei["latency"]["median_ms"]
+        L.append(f"| {res['model']} | {ei.get('provider')}/{ei.get('precision')} | {eim:.2f} | "
+                 f"{_f((ei.get('fidelity') or {}).get('cosine_mean'), 5)} | {title} | {_f(ms)} | "
+                 f"{_f(eim / ms) if ms else '–'} |")
+    return L + [""]
 
 
 def why(cfg: str, r: dict, ei: dict, model: str = "") -> str:
