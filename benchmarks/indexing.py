@@ -171,24 +171,33 @@ def decode_stage_cpu(paths: list[str], models) -> float:
     draft = draft_for(models)
     recs = [PhotoRecord(p, 0, 0.0, models=[m.sha256 for m in models]) for p in paths]
     prepare_record(recs[0], models, draft)
-    c0 = time.process_time()
-    for r in recs:
-        prepare_record(r, models, draft)
-    return (time.process_time() - c0) / len(recs)
+    best = float("inf")
+    for _ in range(2):  # the lesser of two passes (see inference_cpu)
+        c0 = time.process_time()
+        for r in recs:
+            prepare_record(r, models, draft)
+        best = min(best, (time.process_time() - c0) / len(recs))
+    return best
 
 
-def inference_cpu(models, batches: list[list[np.ndarray]], rounds: int = 1) -> dict:
-    """CPU-s and wall-s per photo of both models' inference on the scan's batches (no decode)."""
+def inference_cpu(models, batches: list[list[np.ndarray]], rounds: int = 3) -> dict:
+    """CPU-s and wall-s per photo of both models' inference on the scan's batches (no decode).
+    The least CPU of ``rounds`` passes is the bound's figure: other jobs on the machine only ever
+    add CPU time (cache and memory-bandwidth contention), so the least is the closest to the
+    engine's own cost and gives the highest (strictest) bound."""
     n = sum(len(b[0]) for b in batches)
     for m, x in zip(models, batches[0]):
         m.model.infer(x)  # warm-up (first-call allocations, OpenVINO request creation)
-    c0, t0 = time.process_time(), time.perf_counter()
+    cpus, walls = [], []
     for _ in range(rounds):
+        c0, t0 = time.process_time(), time.perf_counter()
         for b in batches:
             for m, x in zip(models, b):
                 m.model.infer(x)
-    return {"cpu_s_per_photo": (time.process_time() - c0) / (n * rounds),
-            "wall_s_per_photo": (time.perf_counter() - t0) / (n * rounds)}
+        cpus.append((time.process_time() - c0) / n)
+        walls.append((time.perf_counter() - t0) / n)
+    return {"cpu_s_per_photo": min(cpus), "cpu_s_per_photo_rounds": cpus,
+            "wall_s_per_photo": min(walls), "wall_s_per_photo_rounds": walls}
 
 
 # ------------------------------------------------------------------ run_scan
@@ -385,8 +394,9 @@ def report(res: dict, args, fp: dict, cmd: str) -> list[str]:
           f"decode stage is what the scan does per photo before inference (read, sha256, JPEG draft decode, "
           f"perceptual signature, each model's resize/crop/normalise), measured on one thread: {dc:.3f} CPU-s; "
           f"inference is both models on the scan's batches with that engine/mode, measured alone "
-          f"(`time.process_time` over all threads, so an engine's spinning threads count against it). It is the "
-          f"rate if both cores did nothing but that work.", ""]
+          f"(`time.process_time` over all threads, so an engine's spinning threads count against it). Each is the "
+          f"least of several passes (other jobs only add CPU time), so the bound is the highest one measured. It "
+          f"is the rate if both cores did nothing but that work.", ""]
     if head:
         key = auto_key if auto_key in rows else best_key
         s = head["scan"]["photos_per_s"]
