@@ -167,13 +167,22 @@ class _Compiled:
     def _run_split(self, feeds: Mapping[str, np.ndarray], n_out: int, n: int) -> list[np.ndarray]:
         bounds = split_bounds(n, self.parallel)
         reqs = [self._take() for _ in bounds]
+        started = []
         try:
             for req, (a, b) in zip(reqs, bounds):
                 # share_inputs=False (the default) copies the chunk into the request
                 req.start_async({k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()})
+                started.append(req)
             for req in reqs:
                 req.wait()
             parts = [[req.get_output_tensor(i).data.copy() for i in range(n_out)] for req in reqs]
+        except BaseException:
+            for req in started:  # never hand a running request back to the pool
+                try:
+                    req.wait()
+                except Exception:  # noqa: BLE001 - the first error is the one raised
+                    pass
+            raise
         finally:
             for req in reqs:
                 self.idle.put(req)
