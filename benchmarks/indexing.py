@@ -37,7 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from _results import command_line, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +91,7 @@ def naive_torch(cls_dir: str, clip_dir: str, paths: list[str]) -> dict:
 
 def run_naive_subprocess(cls_dir, clip_dir, paths) -> dict:
     spec = json.dumps({"cls": str(cls_dir), "clip": str(clip_dir), "paths": [str(p) for p in paths]})
-    r = subprocess.run([sys.executable, __file__, "--naive-torch", spec], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, __file__, "--naive-torch", spec], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -235,13 +234,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "indexing.md"))
     args = ap.parse_args(argv)
 
+    from pipeline_12mp import make_12mp
+
     from edgeinfer.backends.ort import physical_cores
     from edgeinfer.bench.fingerprint import machine_fingerprint
     from edgeinfer.library import LibraryModel
-    from edgeinfer.library.scan import SCAN_PERFORMANCE_HINT, PhotoRecord, prepare_record, draft_for
-    from edgeinfer.runtime.selection import select
+    from edgeinfer.library.scan import (
+        SCAN_PERFORMANCE_HINT,
+        PhotoRecord,
+        draft_for,
+        prepare_record,
+    )
     from edgeinfer.runtime.artifact import Artifact
-    from pipeline_12mp import make_12mp
+    from edgeinfer.runtime.selection import select
 
     cores = physical_cores()
     load = {"start": load3()}

@@ -5,12 +5,12 @@ runtime's own classify/embed give; failures in a batch stay per photo; an engine
 batch's transaction only; cancel stops decoding ahead. No timing here (benchmarks/indexing.py)."""
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_library_fixtures import classifier_artifact, clip_artifact, write_images
 from test_runtime_helpers import tiny_onnx
 
@@ -48,7 +48,7 @@ def test_split_bounds_cover_in_order(n, parts):
 
     b = split_bounds(n, parts)
     assert len(b) == min(n, parts) and b[0][0] == 0 and b[-1][1] == n
-    assert all(e == s2 for (_, e), (s2, _) in zip(b, b[1:]))          # contiguous, in order
+    assert all(e == s2 for (_, e), (s2, _) in itertools.pairwise(b))          # contiguous, in order
     sizes = [e - s for s, e in b]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
 
@@ -103,7 +103,7 @@ def _models(tmp_path, clip_dir, hint):
 
 
 def _stored(store, models):
-    cls, clip = models
+    clip = models[1]
     out = {}
     for r in store.query("SELECT id, path, error FROM photos"):
         rec = store.photo(r["id"])

@@ -10,6 +10,7 @@ output and gives it back. Concurrent callers therefore run in parallel, like ORT
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -178,10 +179,8 @@ class _Compiled:
             parts = [[req.get_output_tensor(i).data.copy() for i in range(n_out)] for req in reqs]
         except BaseException:
             for req in started:  # never hand a running request back to the pool
-                try:
+                with contextlib.suppress(Exception):  # the first error is the one raised
                     req.wait()
-                except Exception:  # noqa: BLE001 - the first error is the one raised
-                    pass
             raise
         finally:
             for req in reqs:

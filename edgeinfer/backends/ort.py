@@ -313,12 +313,13 @@ class OrtSession(Session):
         """The batch cut into ``CHUNKS_PER_STREAM`` chunks per stream; the streams (the calling
         thread and the pool's) take chunks in turn until none is left (``InferenceSession.run``
         is thread-safe); outputs merged in input order."""
+        import itertools
         import threading
 
         n = len(next(iter(feeds.values())))
         k = min(self.streams * CHUNKS_PER_STREAM, n)
         edges = [round(i * n / k) for i in range(k + 1)]
-        chunks = [{name: v[a:b] for name, v in feeds.items()} for a, b in zip(edges, edges[1:])]
+        chunks = [{name: v[a:b] for name, v in feeds.items()} for a, b in itertools.pairwise(edges)]
         sess, parts, lock, todo = self._sess, [None] * k, threading.Lock(), iter(range(k))
 
         def stream():
