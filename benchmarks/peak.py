@@ -69,6 +69,23 @@ def ov_gemm(n: int, mode: str):
                                          "inference_precision": str(c.get_property("INFERENCE_PRECISION_HINT"))}
 
 
+def ort_int8_gemm(n: int):
+    """ONNX Runtime MatMulInteger u8 x s8 -> i32 (MLAS's INT8 kernel, the one ORT's QDQ INT8 files run
+    on): OpenVINO's FakeQuantize MatMul is not this CPU's fastest INT8 GEMM on AVX2."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.integers(-63, 64, (n, n)).astype(np.int8), "b")  # 7-bit: no vpmaddubsw saturation
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (n, n)).astype(np.uint8)
+    return (lambda: s.run(None, {"a": a})), {"kernel": "ORT MatMulInteger u8s8"}
+
+
 def numpy_gemm(n: int):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n)).astype(np.float32), rng.standard_normal((n, n)).astype(np.float32)
@@ -136,6 +153,11 @@ def main(argv=None) -> int:
             rows[f"OpenVINO {mode} GEMM"] = dict(fn=fn, info=info, ops=gemm_ops, kind="gemm", prec=mode)
         except Exception as e:  # noqa: BLE001 - a precision this CPU/plugin lacks is a result
             rows[f"OpenVINO {mode} GEMM"] = dict(error=f"{type(e).__name__}: {str(e)[:200]}", kind="gemm", prec=mode)
+    try:
+        fn, info = ort_int8_gemm(args.n)
+        rows["ONNX Runtime int8 GEMM"] = dict(fn=fn, info=info, ops=gemm_ops, kind="gemm", prec="int8")
+    except Exception as e:  # noqa: BLE001
+        rows["ONNX Runtime int8 GEMM"] = dict(error=f"{type(e).__name__}: {str(e)[:200]}", kind="gemm", prec="int8")
     for d in [Path(p) for p in args.artifacts.split(",") if p]:
         fn, info = pick_runner(d)
         comp = {"int8": "int8", "fp16": half or "f32"}.get(info["precision"], "f32")
@@ -184,7 +206,7 @@ def main(argv=None) -> int:
             L.append(f"| {k} | {r['prec']} | – | – | – | failed: {r['error']} |")
             continue
         pct = r["gops"] / peak[r["prec"]] * 100 if peak.get(r["prec"]) else None
-        note = ", ".join(f"{a}: {b}" for a, b in r["info"].items() if a in ("runtime_precision", "provider", "precision", "macs", "mac_counter"))
+        note = ", ".join(f"{a}: {b}" for a, b in r["info"].items() if a in ("runtime_precision", "kernel", "provider", "precision", "macs", "mac_counter"))
         L.append(f"| {k} | {r['prec']} | {r['median_ms']:.2f} | {r['gops']:.1f} | "
                  f"{'' if pct is None else f'{pct:.0f}%'} | {note} |")
     L += ["", "GOP/s of a pick = 2 x MACs (onnx-tool count of the FP32 graph, element-wise ops included) / "
