@@ -524,3 +524,25 @@ def test_background_label_job_killed_is_an_export_error(tiny_config, tmp_path):
         finish_label_sets(stage, m, job)
     assert not (stage / ".label-job").exists()
     assert not list(stage.glob("labels.*.npy"))
+
+
+def test_text_tower_engine_picked_for_queries_unless_precision_requested(tiny, monkeypatch):
+    """With precision "auto" the text tower's engine/precision come from
+    selection.text_tower_pick (batch-1 queries); a requested precision is kept for both towers."""
+    import edgeinfer
+    from edgeinfer.runtime import selection
+
+    calls: list[str] = []
+
+    def pick(sel, art, **kw):
+        calls.append(sel.precision)
+        return "cpu", "fp32", "picked for one-prompt queries"
+
+    monkeypatch.setattr(selection, "text_tower_pick", pick)
+    with edgeinfer.load(tiny[1], provider="cpu") as m:
+        m.embed_text(["a dog on the beach"])
+        assert m.text_reason == "picked for one-prompt queries" and calls
+    calls.clear()
+    with edgeinfer.load(tiny[1], provider="cpu", precision="fp32") as m:
+        m.embed_text(["a dog on the beach"])
+        assert m.text_reason is None and not calls

@@ -58,7 +58,11 @@ def run(args) -> int:
     app = create_app(cfg)
     st = app.state.edge
     # bind first so --port 0 can print the port it got
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets it sees as TCP; without
+    # it every keep-alive response waited ~40 ms for the client's delayed ACK
+    # (benchmarks/results/search.md)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))

@@ -105,6 +105,7 @@ class Model:
         self.draft = draft
         self._engine_kw = dict(engine_kw or {})   # load's engine options, for the other towers
         self._towers: dict[str, Any] = {}
+        self.text_reason: str | None = None   # why the text tower runs where it runs (on first use)
         self._lock = threading.Lock()
         # close() while other threads classify: calls in flight are counted, close() waits
         # for them to leave, then releases the sessions; new calls see _closed
@@ -223,10 +224,20 @@ class Model:
             if not have:
                 raise EdgeInferError(f"artifact {self.artifact.dir} has no {tower} tower")
             prec = self.precision if self.precision in have else ("fp32" if "fp32" in have else have[0])
+            sel, provider = self.selection, self.provider
+            if tower == "text" and "precision: requested" not in sel.reason:
+                # a search query is one short prompt at batch 1: the text tower's best engine and
+                # precision are picked for that (selection.text_tower_pick), unless the caller
+                # asked for a precision
+                from .selection import text_tower_pick
+
+                provider, prec, self.text_reason = text_tower_pick(sel, self.artifact)
+                if provider != sel.provider:
+                    sel = replace(sel, provider=provider, device="CPU", threads=None)
             path = self.artifact.path(prec, tower)
-            opts = engine_options(self.selection, self.artifact, tower=tower, precision=prec,
+            opts = engine_options(sel, self.artifact, tower=tower, precision=prec,
                                   batch_size=self.batch_size, **self._engine_kw)
-            s = create_session(path, provider=self.provider, options=opts)
+            s = create_session(path, provider=provider, options=opts)
             self._towers[tower] = s
             return s
 
