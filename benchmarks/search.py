@@ -24,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -169,53 +168,8 @@ def product(vs, qs: list[np.ndarray], k: int) -> dict:
 
 
 # ------------------------------------------------------------------ 4. HTTP
-# The server as shipped binds its socket with proto 0, and asyncio sets TCP_NODELAY only on
-# sockets whose proto is IPPROTO_TCP: on a keep-alive connection the response's second write
-# then waits for the client's delayed ACK (~40 ms on Linux). PATCHES["nodelay"] runs the same CLI
-# with the listening socket made with IPPROTO_TCP (the one-line fix proposed for
-# edgeinfer/cli/serve.py); PATCHES["text"] opens the text tower as
-# runtime.selection.text_tower_pick chooses it (the wiring proposed for Model.tower_session).
-# Both show what the proposals buy next to the server as shipped; drop them once they land.
-PATCHES = {
-    "nodelay": """
-import socket
-_socket = socket.socket
-class _TCP(_socket):
-    def __init__(self, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0, fileno=None):
-        if fileno is None and type == socket.SOCK_STREAM and proto == 0 and family in (socket.AF_INET, socket.AF_INET6):
-            proto = socket.IPPROTO_TCP
-        super().__init__(family, type, proto, fileno)
-socket.socket = _TCP
-""",
-    "text": """
-import dataclasses
-from edgeinfer.runtime import model as _m
-_orig = _m.Model.tower_session
-def _tower_session(self, tower="text"):
-    from edgeinfer.backends import create_session
-    from edgeinfer.runtime.selection import engine_options, text_tower_pick
-    if tower != "text":
-        return _orig(self, tower)
-    with self._lock:
-        if tower not in self._towers:
-            prov, prec, why = text_tower_pick(self.selection, self.artifact)
-            print("text tower:", prov, prec, why, flush=True)
-            sel = self.selection if prov == self.provider else dataclasses.replace(
-                self.selection, provider=prov, device="CPU", threads=None)
-            opts = engine_options(sel, self.artifact, tower="text", precision=prec,
-                                  batch_size=self.batch_size, **self._engine_kw)
-            self._towers[tower] = create_session(self.artifact.path(prec, "text"), provider=prov, options=opts)
-        return self._towers[tower]
-_m.Model.tower_session = _tower_session
-""",
-}
-
-
-def start_server(clip: str, lib: Path, provider: str, *, patches: tuple[str, ...] = ()
-                 ) -> tuple[subprocess.Popen, str]:
-    code = "".join(PATCHES[p] for p in patches) + \
-        "import sys\nfrom edgeinfer.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
-    cmd = [sys.executable, *(["-c", code] if patches else ["-m", "edgeinfer.cli.main"]), "serve",
+def start_server(clip: str, lib: Path, provider: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "serve",
            clip, "--port", "0", "--library", str(lib), "--provider", provider, "--log-level", "warning"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -232,9 +186,8 @@ def start_server(clip: str, lib: Path, provider: str, *, patches: tuple[str, ...
     raise SystemExit("server did not start in 300 s")
 
 
-def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n: int, *,
-                patches: tuple[str, ...] = ()) -> dict:
-    p, url = start_server(clip, lib, provider, patches=patches)
+def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n: int) -> dict:
+    p, url = start_server(clip, lib, provider)
     try:
         host = urllib.parse.urlparse(url)
         conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
@@ -265,7 +218,7 @@ def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n
         get("a second search of the snapshot starts its int8 index")
         time.sleep(4.0)  # the index builds in the background (about a second per 100k rows)
         conn.close()     # uvicorn drops keep-alive connections idle for 5 s: start a fresh one
-        ms, bodies = timed(get, [f"http {'+'.join(patches)} {t}" for t in texts], warmup=5)
+        ms, bodies = timed(get, [f"http {t}" for t in texts], warmup=5)
         server = [b["time_ms"] for b in bodies]
         return {"first_request_s": round(first_s, 2), "client_ms": pct(ms), "server_time_ms": pct(server),
                 "http_overhead_ms_p50": round(float(np.median(np.asarray(ms) - np.asarray(server))), 2)}
@@ -336,16 +289,13 @@ def main(argv=None) -> int:
             res["text_search_in_process_ms"] = pct(ms)
             model.close()
     if args.clip and not args.no_http:
-        for key, patches in HTTP_RUNS:
-            res[key] = http_search(args.clip, work / "lib.db", args.provider, texts, args.k, args.n,
-                                   patches=patches)
+        res["http"] = http_search(args.clip, work / "lib.db", args.provider, texts, args.k, args.n)
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     res["loadavg"] = load
     write_results(Path(args.out).with_suffix(".md"), markdown(res), res)
     return 0
 
 
-HTTP_RUNS = (("http", ()), ("http_nodelay", ("nodelay",)), ("http_nodelay_text", ("nodelay", "text")))
 
 
 def _available(providers: list[str]) -> list[str]:
@@ -368,23 +318,18 @@ def markdown(r: dict) -> list[str]:
         L += ["## End to end: `GET /v1/search` on a real `edgeinfer serve` (one client, keep-alive)", "",
               "| server | client round trip p50 | p90 | p99 | server `time_ms` p50 | p90 | p99 | HTTP overhead p50 |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for key, patches in HTTP_RUNS:
-            what = {(): "as shipped", ("nodelay",): "+ TCP_NODELAY (proposed)",
-                    ("nodelay", "text"): "+ TCP_NODELAY + text tower by `text_tower_pick` (proposed)"}[patches]
-            h = r.get(key)
-            if h:
-                c, s = h["client_ms"], h["server_time_ms"]
-                L.append(f"| {what} | {c['p50']} | {c['p90']} | {c['p99']} | {s['p50']} | {s['p90']} | "
-                         f"{s['p99']} | {h['http_overhead_ms_p50']} |")
+        h = r["http"]
+        c, sv = h["client_ms"], h["server_time_ms"]
+        L.append(f"| as shipped | {c['p50']} | {c['p90']} | {c['p99']} | {sv['p50']} | {sv['p90']} | "
+                 f"{sv['p99']} | {h['http_overhead_ms_p50']} |")
         h = r["http"]
         L += ["", f"Server `time_ms`: text tower + vectors + top-k. HTTP overhead = round trip - `time_ms` "
                   f"(uvicorn, routing, JSON, photo paths). First request (loads the model and reads the "
                   f"matrix) {h['first_request_s']} s. Server engine: {r['default']['provider']}/"
-                  f"{r['default']['precision']}. As shipped, the listening socket has proto 0, so asyncio "
-                  f"does not set TCP_NODELAY and each keep-alive response waits for the client's delayed "
-                  f"ACK; the second row runs the same server with the socket made with IPPROTO_TCP, the third "
-                  f"also opens the text tower as `runtime.selection.text_tower_pick` chooses it "
-                  f"({r.get('text_pick') or '?'}) instead of following the image tower.", ""]
+                  f"{r['default']['precision']}; its text tower as `runtime.selection.text_tower_pick` "
+                  f"chooses it ({r.get('text_pick') or '?'}). The listening socket is TCP, so asyncio sets "
+                  f"TCP_NODELAY (before that fix every keep-alive response waited ~40 ms for the client's "
+                  f"delayed ACK).", ""]
     if r.get("text_tower"):
         L += ["## CLIP text tower, one query (batch 1, trimmed to its tokens)", "",
               f"Tokens per query: median {r['tokenizer']['tokens_p50']:.0f}, max {r['tokenizer']['tokens_max']}; "
