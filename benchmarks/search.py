@@ -345,7 +345,7 @@ def markdown(r: dict) -> list[str]:
                      f"| {c.get('min', '')} | {t['session_s']} |")
         e = r["embed_text_ms"]
         L += ["", f"`Model.embed_text` as `edgeinfer.load(..., provider={r['default']['provider']!r})` runs it "
-                  f"({r['default']['precision']} image tower; the text tower follows it): p50 {e['p50']}, p90 {e['p90']}.",
+                  f"({r['default']['precision']} image tower; text tower by `text_tower_pick`): p50 {e['p50']}, p90 {e['p90']}.",
               f"Reason: {r['default']['reason']}", ""]
     L += ["## Product + top-k", "",
           f"{r['n']:,} unit vectors stored as float16 blobs ({r['db_mb']:.0f} MB SQLite file), read once into "
