@@ -50,7 +50,7 @@ class SessionOptions:
                                           # TensorRT's min/opt/max optimisation profile
     opt_batch: int | None = None          # tensorrt profile: the batch it is tuned for
     max_batch: int | None = None          # tensorrt profile: the largest batch it accepts
-    performance_hint: str | None = None   # openvino: LATENCY | THROUGHPUT
+    performance_hint: str | None = None   # LATENCY | THROUGHPUT: OpenVINO hint; on the ORT CPU engine THROUGHPUT runs a batch as single-threaded streams (library scan)
     static_batch: int | None = None       # openvino: compile a static batch (the NPU needs one)
     batch1_static: bool = False           # openvino: add a static batch-1 model for single images
     provider_options: Mapping[str, Any] | None = None  # raw onnxruntime EP options (advanced)
