@@ -312,8 +312,10 @@ def test_bad_options(digits_art):
 def test_default_calibration_images_warn(trained, tmp_path):
     pytest.importorskip("skimage")
     art = make_artifact(trained, tmp_path / "a")
+    # max_drop: 18 hold-out images resolve 5.6 points (one flip); this test is about where the
+    # calibration images come from, not about the guard
     with pytest.warns(CalibrationWarning, match="your own"):
-        res = quantize_artifact(art, int8=True, calib_size=16)
+        res = quantize_artifact(art, int8=True, calib_size=16, max_drop=10)
     cal = res["int8"]["quantization"]["calibration"]
     assert cal["source"] == "skimage-default" and cal["calib_images"] == 16
     assert cal["holdout_images"] > 0 and not cal["holdout_is_calibration"]
