@@ -262,7 +262,7 @@ def stage_export(work: Path) -> dict:
     return res
 
 
-def stage_runtime(work: Path, artifact: Path | None) -> dict:
+def stage_runtime(work: Path, artifact: Path | None, precision: str = "auto") -> dict:
     if artifact is None:
         from edgeinfer.export.pipeline import export_model
 
@@ -274,7 +274,8 @@ import edgeinfer
 art = sys.argv[1]
 labels = ["cat", "dog", "beach", "receipt", "mountain", "car", "pizza", "document", "flower", "baby"]
 other = ["tree", "boat", "city", "snow", "bird", "horse", "cake", "screenshot", "forest", "child"]
-t0 = time.perf_counter(); m = edgeinfer.load(art, provider="cpu", precision="fp32"); t_load = time.perf_counter() - t0
+prec = sys.argv[2]
+t0 = time.perf_counter(); m = edgeinfer.load(art, precision=prec); t_load = time.perf_counter() - t0
 def timed(fn):
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
@@ -282,7 +283,7 @@ def timed(fn):
 cold, cold_cpu = timed(lambda: m.text.label_embeddings(labels))
 warm, warm_cpu = timed(lambda: m.text.label_embeddings(other))
 cached, _ = timed(lambda: m.text.label_embeddings(other))
-m2 = edgeinfer.load(art, provider="cpu", precision="fp32")
+m2 = edgeinfer.load(art, precision=prec)
 t_warm, t_warm_cpu = timed(m2.text.warm)
 after_warm, after_warm_cpu = timed(lambda: m2.text.label_embeddings(labels))
 lat, cpu = [], []
@@ -296,10 +297,12 @@ print("RESULT " + json.dumps({"load_s": t_load, "custom_10x1_first_call_s": cold
       "cpu_s": {"first_call": cold_cpu, "new_list_warm": warm_cpu, "warm": t_warm_cpu,
                 "after_warm": after_warm_cpu, "embed_text_b1_p50": float(np.percentile(cpu, 50))},
       "provider": m.provider,
-      "precision": m.precision, "torch_loaded": "torch" in sys.modules}))
+      "precision": m.precision, "requested_precision": prec, "text_tower": m.text_reason,
+      "torch_loaded": "torch" in sys.modules}))
 """
     l0 = load()
-    p = subprocess.run([sys.executable, "-c", code, str(artifact)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", code, str(artifact), precision], capture_output=True,
+                       text=True,
                        cwd=str(REPO))
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -364,7 +367,8 @@ def write(results: dict, out: Path) -> None:
         if "error" in r:
             md += ["## Runtime\n", f"failed: {r['error']}\n"]
         else:
-            md += ["## Runtime (torch-free process, provider cpu, fp32)\n",
+            md += [f"## Runtime (torch-free process, edgeinfer.load defaults: provider auto, precision {r.get('requested_precision', 'fp32')}"
+                   f"; text tower: {r.get('text_tower') or 'as the image tower'})\n",
                    "| what | time |", "|---|---|",
                    f"| custom labels 10 x 1 template, first call (text session created) | {r['custom_10x1_first_call_s']:.3f} s |",
                    f"| another 10-label list, warm Model | {r['custom_10x1_new_list_warm_s']:.3f} s |",
@@ -392,6 +396,8 @@ def main() -> None:
                     help="encode only the first N classes of each set in the labelsets stage "
                          "(default all; the export stage always does all)")
     ap.add_argument("--artifact", default=None, help="CLIP artifact for the runtime stage")
+    ap.add_argument("--runtime-precision", default="auto",
+                    help="precision the runtime stage loads with (auto: as the service does)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/clip_export"))
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--note", action="append", default=[], help="a line for the Notes section")
@@ -426,7 +432,7 @@ def main() -> None:
             artifact = Path(results["export"]["artifact"])
         write({**results, "load_end": load()}, Path(args.out))
     if "runtime" in stages:
-        results["runtime"] = stage_runtime(work, artifact)
+        results["runtime"] = stage_runtime(work, artifact, args.runtime_precision)
     results["load_end"] = load()
     write(results, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())
