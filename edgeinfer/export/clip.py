@@ -390,54 +390,9 @@ class SharedPrefixEncoder:
             past.append(kv)
         return past
 
-    def _suffix(self, ids: np.ndarray, p: int, past) -> np.ndarray:
-        """Features of prompts = shared prefix (``past``: its P positions' keys/values per layer)
-        + ``ids`` [B, S], every row ending with its end-of-text token at S - 1."""
-        import torch  # noqa: PLC0415
-
-        c = self.clip
-        s = ids.shape[1]
-        x = (c.token_embedding(torch.from_numpy(ids).to(self.device)).to(self.cast)
-             + c.positional_embedding[p:p + s].to(self.cast))
-        mask = torch.ones(s, p + s, dtype=torch.bool, device=self.device).tril(p)
-        for blk, kv in zip(self.blocks[:-1], past[:-1]):
-            x, _ = self._block(blk, x, kv, mask)
-        xe = self._last_block(self.blocks[-1], x, past[-1])
-        xe = c.ln_final(xe)
-        proj = c.text_projection
-        if proj is not None:
-            xe = proj(xe) if isinstance(proj, _torch_nn().Linear) else xe @ proj
-        return xe.float().cpu().numpy()
-
     def encode_group(self, ids: np.ndarray, *, report: RateReporter | None = None) -> np.ndarray:
-        import torch  # noqa: PLC0415
-
-        ids = np.asarray(ids, np.int64)
-        uniq, inverse = np.unique(ids, axis=0, return_inverse=True)
-        lengths = uniq.argmax(axis=1) + 1          # up to and including end-of-text
-        # shared prefix: the longest one common to all rows, leaving each row its end-of-text
-        p = 0
-        while p < int(lengths.min()) - 1 and (uniq[:, p] == uniq[0, p]).all():
-            p += 1
-        out = np.empty((len(uniq), 0), np.float32)
-        with torch.inference_mode():
-            past = self._prefix(uniq[0, :p])
-            # batches of equal length: no padding at all (one template's suffixes run from 2 to
-            # ~17 tokens; padding them to the longest would triple the work)
-            for length in np.unique(lengths):
-                rows = np.flatnonzero(lengths == length)
-                s = int(length) - p
-                step = max(1, min(self.batch_size, self.batch_tokens // s))
-                for start in range(0, len(rows), step):
-                    idx = rows[start:start + step]
-                    y = self._suffix(np.ascontiguousarray(uniq[idx, p:p + s]), p, past)
-                    if out.shape[1] == 0:
-                        out = np.empty((len(uniq), y.shape[1]), np.float32)
-                    out[idx] = y
-                    if report is not None:
-                        report.add(len(idx))
-        return out[inverse.reshape(-1)]
-
+        """One group (e.g. one template over all labels): ``encode_groups`` of that group."""
+        return self.encode_groups([ids], report=report)[0]
 
     def encode_groups(self, groups: list[np.ndarray], *, report: RateReporter | None = None
                       ) -> list[np.ndarray]:
@@ -453,8 +408,10 @@ class SharedPrefixEncoder:
         prepared = []
         for ids in groups:
             ids = np.asarray(ids, np.int64)
-            uniq, inverse = np.unique(ids, axis=0, return_inverse=True)
-            lengths = uniq.argmax(axis=1) + 1
+            uniq, inverse = np.unique(ids, axis=0, return_inverse=True)   # duplicates once
+            lengths = uniq.argmax(axis=1) + 1          # up to and including end-of-text
+            # shared prefix: the longest one common to the group, leaving each row its
+            # end-of-text; batches then hold suffixes of one length, so no padding at all
             p = 0
             while p < int(lengths.min()) - 1 and (uniq[:, p] == uniq[0, p]).all():
                 p += 1

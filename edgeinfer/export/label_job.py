@@ -37,11 +37,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ExportError
+from .clip import CHECK_LABELS, CHECK_TEMPLATES, SharedPrefixEncoder
 
 PARTS_FILE = "text_parts.pt"
 CHILD_NICE = 5          # below the export's own steps, which are on the critical path
-CHECK_LABELS = 8        # per label set: labels x templates encoded both ways as the check
-CHECK_TEMPLATES = 4
 
 Progress = Callable[[str], None] | None
 
@@ -50,8 +49,7 @@ def _text_parts(clip) -> dict:
     """Exactly what ``SharedPrefixEncoder`` reads of an open_clip ``CLIP`` (not the image tower:
     half the bytes)."""
     return {k: getattr(clip, k) for k in ("transformer", "token_embedding", "positional_embedding",
-                                          "ln_final", "text_projection", "attn_mask",
-                                          "text_pool_type")}
+                                          "ln_final", "text_projection")}
 
 
 def _tie_to_parent(parent_pid: int) -> None:
@@ -269,8 +267,6 @@ def _child(work: Path, k: int) -> int:
     job = json.loads((work / f"job.{k}.json").read_text(encoding="utf-8"))
     _tie_to_parent(int(job["parent_pid"]))
     import torch  # noqa: PLC0415 - after the tie: importing torch takes seconds
-
-    from .clip import SharedPrefixEncoder  # noqa: PLC0415
 
     torch.set_num_threads(1)
     # our own file, written by the parent a moment ago into its private staging directory
