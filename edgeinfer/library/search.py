@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import Callable
 
 import numpy as np
 
@@ -73,26 +74,35 @@ def _kth_largest(x: np.ndarray, want: int) -> float:
     return float(np.partition(x, len(x) - want)[len(x) - want])
 
 
-def exact_top_k(vs: VectorSet, query, k: int, *, exclude: set[int] | None = None
-                ) -> list[tuple[int, float]]:
-    """(photo id, score) of the ``k`` highest inner products, best first (see the module
-    docstring for what exact means): one float32 product over all rows + a float64 re-score."""
+def _exact(vs: VectorSet, query, k: int, exclude: set[int] | None,
+           candidates: Callable[[np.ndarray, int], np.ndarray]) -> list[tuple[int, float]]:
+    """What every exact path shares: the checks, then the rows ``candidates(q, want)`` says may be
+    in the top ``want`` (every row when fewer are stored), re-scored in float64."""
     exclude = exclude or set()
     if len(vs.ids) == 0 or int(k) <= 0:
         return []
     q = _check_query(vs, query)
     want = _want(vs, k, exclude)
-    n = len(vs.ids)
-    if want >= n:
-        return _rescore(vs, q, np.arange(n), k, exclude)
+    rows = np.arange(len(vs.ids)) if want >= len(vs.ids) else candidates(q, want)
+    return _rescore(vs, q, rows, k, exclude)
+
+
+def exact_top_k(vs: VectorSet, query, k: int, *, exclude: set[int] | None = None
+                ) -> list[tuple[int, float]]:
+    """(photo id, score) of the ``k`` highest inner products, best first (see the module
+    docstring for what exact means): one float32 product over all rows + a float64 re-score."""
+    return _exact(vs, query, k, exclude, lambda q, want: _float32_candidates(vs, q, want))
+
+
+def _float32_candidates(vs: VectorSet, q: np.ndarray, want: int) -> np.ndarray:
+    """Rows whose float32 score, widened by its rounding bound, may be in the top ``want``."""
     s = vs.matrix @ q
     # float32 dot products of D terms are within D * eps * |r| * |q| of the exact value
     # (|r| <= the largest row norm, computed once per snapshot)
     d = vs.matrix.shape[1]
     slack = 2.0 * (d + 2) * _F32_EPS * _max_row_norm(vs) * float(np.linalg.norm(q.astype(np.float64)))
     t = _kth_largest(s, want)
-    rows = np.flatnonzero(s >= t - 2.0 * slack)
-    return _rescore(vs, q, rows, k, exclude)
+    return np.flatnonzero(s >= t - 2.0 * slack)
 
 
 def _max_row_norm(vs: VectorSet) -> float:
@@ -162,15 +172,10 @@ class Int8Index:
         return self.session.run(None, {"A": a})[0][0]
 
     def top_k(self, query, k: int, *, exclude: set[int] | None = None) -> list[tuple[int, float]]:
-        vs = self.vs
-        exclude = exclude or set()
-        if len(vs.ids) == 0 or int(k) <= 0:
-            return []
-        q = _check_query(vs, query)
-        want = _want(vs, k, exclude)
-        n = len(vs.ids)
-        if want >= n:
-            return _rescore(vs, q, np.arange(n), k, exclude)
+        return _exact(self.vs, query, k, exclude, self._candidates)
+
+    def _candidates(self, q: np.ndarray, want: int) -> np.ndarray:
+        """Rows whose int8 score, widened by its guaranteed error bound, may be in the top."""
         q64 = q.astype(np.float64)
         qmax = float(np.abs(q64).max())
         sq = qmax / _Q_LEVELS if qmax > 0 else 1.0
@@ -181,8 +186,7 @@ class Int8Index:
         # + a relative 1e-9 for float64 rounding of approx and of the norms themselves
         margin = (self.row_norm * e_q + self.res_norm * q_norm) * (1 + 1e-9) + 1e-12
         t = _kth_largest(approx - margin, want)
-        rows = np.flatnonzero(approx + margin >= t)
-        return _rescore(vs, q, rows, k, exclude)
+        return np.flatnonzero(approx + margin >= t)
 
     def close(self) -> None:
         self.session = None
