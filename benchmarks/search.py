@@ -24,17 +24,16 @@ import argparse
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from pathlib import Path
 
 import numpy as np
 from _results import command_line, write_results
+from _serve import start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -169,21 +168,8 @@ def product(vs, qs: list[np.ndarray], k: int) -> dict:
 
 # ------------------------------------------------------------------ 4. HTTP
 def start_server(clip: str, lib: Path, provider: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "serve",
-           clip, "--port", "0", "--library", str(lib), "--provider", provider, "--log-level", "warning"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            raise SystemExit(f"server exited: {p.wait()}")
-        m = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
-            return p, m.group(1)
-    p.kill()
-    raise SystemExit("server did not start in 300 s")
+    return start_serve([clip, "--port", "0", "--library", str(lib), "--provider", provider,
+                        "--log-level", "warning"])
 
 
 def http_search(clip: str, lib: Path, provider: str, texts: list[str], k: int, n: int) -> dict:
@@ -322,7 +308,6 @@ def markdown(r: dict) -> list[str]:
         c, sv = h["client_ms"], h["server_time_ms"]
         L.append(f"| as shipped | {c['p50']} | {c['p90']} | {c['p99']} | {sv['p50']} | {sv['p90']} | "
                  f"{sv['p99']} | {h['http_overhead_ms_p50']} |")
-        h = r["http"]
         L += ["", f"Server `time_ms`: text tower + vectors + top-k. HTTP overhead = round trip - `time_ms` "
                   f"(uvicorn, routing, JSON, photo paths). First request (loads the model and reads the "
                   f"matrix) {h['first_request_s']} s. Server engine: {r['default']['provider']}/"

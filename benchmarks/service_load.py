@@ -28,6 +28,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from _serve import start_serve
+
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog", "a cat on a sofa", "people at the beach", "a red car", "a bird in a tree",
            "food on a plate", "a mountain lake", "a receipt", "a screenshot", "flowers"]
@@ -35,26 +37,11 @@ QUERIES = ["a dog", "a cat on a sofa", "people at the beach", "a red car", "a bi
 
 def start_server(args, lib: Path, root: Path) -> tuple[subprocess.Popen, str]:
     arts = [a for a in (args.classifier, args.clip) if a]
-    cmd = [sys.executable, "-m", "edgeinfer.cli.main", "serve", *arts, "--port", "0",
-           *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
-           "--library", str(lib), "--library-root", str(root), "--provider", args.provider,
-           "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", str(args.max_queue),
-           "--log-level", "warning"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            raise SystemExit(f"server exited: {p.wait()}")
-        print("server:", line.rstrip(), flush=True)
-        m = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
-        if m:
-            import threading
-
-            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
-            return p, m.group(1)
-    raise SystemExit("server did not start in 300 s")
+    return start_serve([*arts, "--port", "0",
+                        *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
+                        "--library", str(lib), "--library-root", str(root), "--provider",
+                        args.provider, "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue",
+                        str(args.max_queue), "--log-level", "warning"], echo=True)
 
 
 def make_payloads(photos: Path, max_mb: float):
